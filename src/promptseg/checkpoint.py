@@ -1,0 +1,125 @@
+"""Safe checkpoint I/O: official SAM ``.pth`` files and promptseg's safetensors format.
+
+* Official checkpoints (``sam_vit_b_01ec64.pth`` …) are read with ``torch.load(weights_only=True)``: a
+  file that would need arbitrary unpickling is refused with a clear error, never executed.
+* promptseg's own format is a ``.safetensors`` file whose header metadata holds the model's JSON config
+  (key ``promptseg.config``), so a file alone rebuilds its model.
+* Loading is strict: missing, unexpected and mis-shaped keys are all named in one error.
+* Writes are atomic (temporary file + rename): a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+PathLike = Union[str, "os.PathLike[str]"]
+CONFIG_KEY = "promptseg.config"
+FORMAT_KEY = "promptseg.format"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read or does not fit the model."""
+
+
+def read_state_dict(path: PathLike) -> Tuple[Dict[str, Tensor], Optional[Dict[str, Any]]]:
+    """Read ``path`` → ``(state_dict, config_or_None)`` without executing any pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError) as err:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is corrupt or not a weights-only PyTorch file "
+            f"(promptseg never unpickles arbitrary objects): {str(err).splitlines()[0]}"
+        ) from err
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict"):  # common training-checkpoint wrappers
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+    return dict(obj), None
+
+
+def _read_safetensors(path: Path) -> Tuple[Dict[str, Tensor], Optional[Dict[str, Any]]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read safetensors checkpoint {path}: {err}") from err
+    config = None
+    if CONFIG_KEY in metadata:
+        try:
+            config = json.loads(metadata[CONFIG_KEY])
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"checkpoint {path} has a malformed JSON config: {err}") from err
+    return state, config
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "checkpoint") -> None:
+    """Load ``state_dict`` into ``model``; any missing, unexpected or mis-shaped key is an error naming them."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict)
+        if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if keys:
+                shown = ", ".join(keys[:10]) + (f", … ({len(keys)} in all)" if len(keys) > 10 else "")
+                parts.append(f"{label}: {shown}")
+        raise CheckpointError(f"{source} does not fit the model — " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_into(model: nn.Module, path: PathLike) -> nn.Module:
+    """Strictly load the weights at ``path`` (``.pth`` or ``.safetensors``) into ``model``."""
+    state, _ = read_state_dict(path)
+    load_state_dict_strict(model, state, source=f"checkpoint {path}")
+    return model
+
+
+def atomic_write(path: PathLike, write: Any) -> None:
+    """Call ``write(tmp_path)`` then atomically rename to ``path``; the temporary file is removed on error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_safetensors(
+    state_dict: Mapping[str, Tensor], path: PathLike, config: Mapping[str, Any], fmt: str
+) -> None:
+    """Write ``state_dict`` with its JSON ``config`` in the header metadata, atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    metadata = {CONFIG_KEY: json.dumps(dict(config), sort_keys=True), FORMAT_KEY: fmt}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))

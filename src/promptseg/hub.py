@@ -1,0 +1,46 @@
+"""Where models come from: a checkpoint the user names, or the default model bundled with promptseg."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from promptseg.checkpoint import PathLike
+
+DEFAULT_MODEL_FILE = "sam_default.safetensors"
+
+
+class NoDefaultModelError(FileNotFoundError):
+    """No checkpoint was given and this installation bundles no default model."""
+
+
+def default_model_path() -> Optional[Path]:
+    """Path of the bundled default SAM, or None when this build ships none."""
+    path = Path(str(resources.files("promptseg") / "weights" / DEFAULT_MODEL_FILE))
+    return path if path.is_file() else None
+
+
+def load_model(
+    checkpoint: Optional[PathLike] = None,
+    *,
+    device: Union[str, torch.device] = "cpu",
+    dtype: torch.dtype = torch.float32,
+):
+    """Load a SAM: ``checkpoint`` (official ``.pth`` or promptseg ``.safetensors``) or the bundled default.
+
+    Without a checkpoint and without a bundled model this raises :class:`NoDefaultModelError`
+    explaining what to pass — it never runs random weights as if they were a model.
+    """
+    from promptseg.models.sam.weights import load_sam
+
+    if checkpoint is None:
+        checkpoint = default_model_path()
+        if checkpoint is None:
+            raise NoDefaultModelError(
+                "no checkpoint given and this promptseg build bundles no default model yet; pass a SAM "
+                "checkpoint, e.g. --checkpoint sam_vit_b_01ec64.pth (official) or a promptseg .safetensors file"
+            )
+    return load_sam(checkpoint, device=device, dtype=dtype)

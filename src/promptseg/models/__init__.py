@@ -1,0 +1,1 @@
+"""Model families: ``sam`` (and, as they land, ``seem`` and ``seggpt``)."""

@@ -1,0 +1,116 @@
+"""SAM weights in and out: official checkpoints, promptseg safetensors, config inference."""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping, Optional, Union
+
+import torch
+from torch import Tensor
+
+from promptseg.checkpoint import (
+    CheckpointError,
+    PathLike,
+    load_state_dict_strict,
+    read_state_dict,
+    save_safetensors,
+)
+from promptseg.models.sam.build import build_sam
+from promptseg.models.sam.config import ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig
+from promptseg.models.sam.sam import Sam
+
+FORMAT = "promptseg-sam"
+
+
+def _count(state: Mapping[str, Tensor], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    found = {int(m.group(1)) for k in state if (m := pattern.match(k))}
+    return max(found) + 1 if found else 0
+
+
+def infer_sam_config(state: Mapping[str, Tensor]) -> SamConfig:
+    """Recover the architecture of an official-layout SAM state dict from its tensor shapes.
+
+    Decoder head counts are not visible in the weights; the official value (8) is assumed.
+    """
+    try:
+        patch = state["image_encoder.patch_embed.proj.weight"]
+        embed_dim, _, patch_size, _ = patch.shape
+        depth = _count(state, "image_encoder.blocks.")
+        pos = state.get("image_encoder.pos_embed")
+        rel = "image_encoder.blocks.0.attn.rel_pos_h"
+        head_dim = state[rel].shape[1] if rel in state else 64
+        grid = pos.shape[1] if pos is not None else None
+        rel_lengths = [state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] for i in range(depth)] if rel in state else []
+        if grid is None:
+            if not rel_lengths:
+                raise CheckpointError("cannot infer the input size: no pos_embed and no relative positions")
+            grid = (max(rel_lengths) + 1) // 2
+        global_idx = tuple(i for i, n in enumerate(rel_lengths) if n == 2 * grid - 1)
+        window = min(((n + 1) // 2 for n in rel_lengths if n != 2 * grid - 1), default=14)
+        encoder = ImageEncoderConfig(
+            img_size=grid * patch_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=embed_dim // head_dim,
+            mlp_ratio=state["image_encoder.blocks.0.mlp.lin1.weight"].shape[0] / embed_dim,
+            out_chans=state["image_encoder.neck.0.weight"].shape[0],
+            qkv_bias="image_encoder.blocks.0.attn.qkv.bias" in state,
+            use_abs_pos=pos is not None,
+            use_rel_pos=rel in state,
+            window_size=window,
+            global_attn_indexes=global_idx,
+        )
+        dim = state["mask_decoder.iou_token.weight"].shape[1]
+        q_proj = state["mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight"]
+        decoder = MaskDecoderConfig(
+            transformer_dim=dim,
+            transformer_depth=_count(state, "mask_decoder.transformer.layers."),
+            mlp_dim=state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
+            attention_downsample_rate=dim // q_proj.shape[0],
+            num_multimask_outputs=state["mask_decoder.mask_tokens.weight"].shape[0] - 1,
+            iou_head_depth=_count(state, "mask_decoder.iou_prediction_head.layers."),
+            iou_head_hidden_dim=state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
+        )
+        prompt = PromptEncoderConfig(
+            embed_dim=dim, mask_in_chans=state["prompt_encoder.mask_downscaling.3.weight"].shape[0]
+        )
+    except KeyError as err:
+        raise CheckpointError(f"not a SAM checkpoint: key {err.args[0]!r} is missing") from err
+    return SamConfig(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder)
+
+
+def load_sam(
+    checkpoint: PathLike,
+    *,
+    config: Optional[Union[SamConfig, str]] = None,
+    device: Union[str, torch.device] = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Sam:
+    """Build and load a SAM from ``checkpoint`` (official ``.pth`` or promptseg ``.safetensors``).
+
+    The architecture comes from ``config`` if given, else from the file's embedded config, else it is
+    inferred from the tensor shapes.
+    """
+    state, stored = read_state_dict(checkpoint)
+    if config is None:
+        config = SamConfig.from_dict(stored) if stored is not None else infer_sam_config(state)
+    model = build_sam(config)
+    load_state_dict_strict(model, state, source=f"checkpoint {checkpoint}")
+    return model.to(device=device, dtype=dtype)
+
+
+def save_sam(model: Sam, path: PathLike) -> None:
+    """Save ``model`` in promptseg's format: float32 safetensors with the JSON config in the header."""
+    if model.config is None:
+        raise ValueError("model has no config; build it with promptseg.build_sam or load_sam")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    save_safetensors(state, path, model.config.to_dict(), FORMAT)
+
+
+def convert_checkpoint(src: PathLike, dst: PathLike, config: Optional[Union[SamConfig, str]] = None) -> SamConfig:
+    """Convert an official SAM ``.pth`` (or any loadable SAM checkpoint) to promptseg safetensors."""
+    model = load_sam(src, config=config)
+    save_sam(model, dst)
+    return model.config

@@ -1,0 +1,282 @@
+"""``SamPredictor``: encode an image once, then prompt it many times.
+
+Drop-in for ``segment_anything.SamPredictor`` (same names, arguments, defaults, return types and
+coordinate conventions: ``x`` right, ``y`` down, pixels of the original image). promptseg adds:
+
+* :meth:`SamPredictor.predict_many` — ``B`` prompts in one call (several boxes, each with its own clicks);
+* :meth:`SamPredictor.set_images` — a batch of images, prompted with ``image_index``;
+* binary masks (bool/uint8 at image size) accepted as mask prompts, not only 256×256 logits;
+* grayscale, RGBA, uint16 and float images converted explicitly (:func:`transforms.to_rgb_uint8`);
+* the model's device and dtype (bfloat16 included) are used throughout; outputs are float32/bool.
+
+The numpy methods validate and convert their inputs, then call :meth:`predict_torch`: one numeric path.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from promptseg.models.sam.sam import Sam
+from promptseg.prompts import check_boxes, check_points
+from promptseg.transforms import ResizeLongestSide, mask_to_logits, to_rgb_uint8
+
+Size = Tuple[int, int]
+NumpyResult = Tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class SamPredictor:
+    def __init__(self, sam_model: Sam) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self.reset_image()
+
+    # ------------------------------------------------------------------ images
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Encode ``image`` (``H×W×3`` uint8 in ``image_format``; see :func:`to_rgb_uint8` for others)."""
+        self.set_images([image], image_format)
+
+    def set_images(self, images: Sequence[np.ndarray], image_format: str = "RGB", batch_size: int = 1) -> None:
+        """Encode several images, ``batch_size`` at a time; prompt image ``i`` with ``image_index=i``."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        if isinstance(images, np.ndarray) or len(images) == 0:
+            raise ValueError("images must be a non-empty sequence of H×W×C arrays")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        tensors, sizes = [], []
+        for i, image in enumerate(images):
+            rgb = to_rgb_uint8(image, name="image" if len(images) == 1 else f"images[{i}]")
+            if image_format != self.model.image_format:
+                rgb = rgb[..., ::-1]
+            resized = self.transform.apply_image(np.ascontiguousarray(rgb))
+            tensors.append(torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None])
+            sizes.append(rgb.shape[:2])
+        self._encode(tensors, sizes, batch_size)
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: Tensor, original_image_size: Tuple[int, ...]) -> None:
+        """Encode an image already resized by ``self.transform``: ``1×3×h×w`` with ``max(h, w) == img_size``."""
+        self._check_torch_image(transformed_image)
+        self._encode([transformed_image], [tuple(original_image_size)], 1)
+
+    def _check_torch_image(self, image: Tensor) -> None:
+        size = self.model.image_encoder.img_size
+        if not isinstance(image, Tensor):
+            raise TypeError(f"transformed_image must be a torch.Tensor, got {type(image).__name__}")
+        if image.ndim != 4 or image.shape[0] != 1 or image.shape[1] != 3 or max(image.shape[2:]) != size:
+            raise ValueError(
+                f"transformed_image must have shape 1×3×H×W with longest side {size}, got {tuple(image.shape)}"
+            )
+
+    @torch.no_grad()
+    def _encode(self, images: List[Tensor], original_sizes: List[Tuple[int, ...]], batch_size: int) -> None:
+        self.reset_image()
+        dtype = self.model.dtype
+        features = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            batch = torch.cat([self.model.preprocess(t.to(self.device, torch.float32)) for t in chunk])
+            features.append(self.model.image_encoder(batch.to(dtype)))
+        self.features = torch.cat(features)
+        self.input_sizes = [tuple(int(s) for s in t.shape[-2:]) for t in images]
+        self.original_sizes = [tuple(int(s) for s in size) for size in original_sizes]
+        self.original_size, self.input_size = self.original_sizes[0], self.input_sizes[0]
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> Tensor:
+        """The embedding of the set image(s): ``I×256×64×64`` for the official models."""
+        self._require_image()
+        return self.features
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features: Optional[Tensor] = None
+        self.orig_h = self.orig_w = self.input_h = self.input_w = None
+        self.original_size: Optional[Size] = None
+        self.input_size: Optional[Size] = None
+        self.original_sizes: List[Size] = []
+        self.input_sizes: List[Size] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ------------------------------------------------------------------ numpy API
+    def predict(
+        self,
+        point_coords: Optional[np.ndarray] = None,
+        point_labels: Optional[np.ndarray] = None,
+        box: Optional[np.ndarray] = None,
+        mask_input: Optional[np.ndarray] = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        image_index: int = 0,
+    ) -> NumpyResult:
+        """Masks for one prompt on the set image.
+
+        Args:
+            point_coords: ``N×2`` clicks (x, y) in original-image pixels.
+            point_labels: ``N`` labels, 1 foreground / 0 background.
+            box: ``4`` XYXY box in original-image pixels.
+            mask_input: ``1×256×256`` logits from a previous call, or a binary ``H×W`` mask (bool/uint8).
+            multimask_output: 3 ambiguity-aware masks (True) or 1 (False); ``"auto"``: 3 only for a
+                single click without box or mask (§A).
+            return_logits: return logits instead of thresholded masks.
+        Returns:
+            masks ``C×H×W`` (bool, or float logits), scores ``C``, low-res logits ``C×256×256``.
+        """
+        masks, scores, low = self._predict_numpy(
+            point_coords, point_labels, box, mask_input, multimask_output, return_logits, image_index, False
+        )
+        return masks[0], scores[0], low[0]
+
+    def predict_many(
+        self,
+        point_coords: Optional[np.ndarray] = None,
+        point_labels: Optional[np.ndarray] = None,
+        boxes: Optional[np.ndarray] = None,
+        mask_input: Optional[np.ndarray] = None,
+        multimask_output: Union[bool, str] = True,
+        return_logits: bool = False,
+        image_index: int = 0,
+    ) -> NumpyResult:
+        """``B`` prompts in one decoder pass: ``B×N×2`` clicks, ``B×N`` labels, ``B×4`` boxes,
+        ``B×1×256×256`` logits or ``B×H×W`` binary masks — each prompt may combine them.
+
+        Returns masks ``B×C×H×W``, scores ``B×C``, low-res logits ``B×C×256×256``.
+        """
+        return self._predict_numpy(
+            point_coords, point_labels, boxes, mask_input, multimask_output, return_logits, image_index, True
+        )
+
+    def _predict_numpy(
+        self,
+        point_coords: Optional[np.ndarray],
+        point_labels: Optional[np.ndarray],
+        boxes: Optional[np.ndarray],
+        mask_input: Optional[np.ndarray],
+        multimask_output: Union[bool, str],
+        return_logits: bool,
+        image_index: int,
+        batched: bool,
+    ) -> NumpyResult:
+        self._require_image(image_index)
+        original = self.original_sizes[image_index]
+        coords_t = labels_t = boxes_t = masks_t = None
+        counts = []
+        if point_coords is not None:
+            coords, labels = check_points(point_coords, point_labels, original, batched)
+            coords_t = self._tensor(self.transform.apply_coords(coords, original), torch.float)
+            labels_t = self._tensor(labels, torch.int)
+            counts.append(("point_coords", coords.shape[0]))
+        elif point_labels is not None:
+            raise ValueError("point_labels given without point_coords")
+        if boxes is not None:
+            arr = check_boxes(boxes, original, batched, name="boxes" if batched else "box")
+            boxes_t = self._tensor(self.transform.apply_boxes(arr, original), torch.float)
+            counts.append(("boxes" if batched else "box", arr.shape[0]))
+        if mask_input is not None:
+            masks_t = self._mask_prompt(mask_input, original, batched)
+            counts.append(("mask_input", masks_t.shape[0]))
+        if not counts:
+            raise ValueError("empty prompt: give point_coords/point_labels, a box, or mask_input")
+        if len({n for _, n in counts}) > 1:
+            raise ValueError(f"prompt batch sizes disagree: {dict(counts)}")
+        multimask = self._resolve_multimask(multimask_output, coords_t, boxes_t, masks_t)
+        masks, scores, low = self.predict_torch(
+            coords_t, labels_t, boxes_t, masks_t, multimask, return_logits, image_index=image_index
+        )
+        return masks.cpu().numpy(), scores.cpu().numpy(), low.cpu().numpy()
+
+    def _tensor(self, array: np.ndarray, dtype: torch.dtype) -> Tensor:
+        return torch.as_tensor(array, dtype=dtype, device=self.device)
+
+    def _mask_prompt(self, mask_input: np.ndarray, original: Size, batched: bool) -> Tensor:
+        """Logits (float, ``[B×]1×h×w``) or binary masks (bool/uint8, ``[B×]H×W``) → ``B×1×h×w`` logits."""
+        arr = np.asarray(mask_input)
+        low = self.model.prompt_encoder.mask_input_size
+        if arr.dtype == np.bool_ or arr.dtype == np.uint8:
+            expect = (-1,) + tuple(original) if batched else tuple(original)
+            if arr.ndim != len(expect) or arr.shape[-2:] != tuple(original):
+                raise ValueError(
+                    f"binary mask_input must have the image's size {'B×' if batched else ''}{original[0]}×{original[1]}, "
+                    f"got {arr.shape}"
+                )
+            binary = arr.reshape(-1, *original) > 0
+            logits = np.stack([mask_to_logits(m, self.model.image_encoder.img_size) for m in binary])
+        elif np.issubdtype(arr.dtype, np.floating):
+            if not np.isfinite(arr).all():
+                raise ValueError("mask_input contains NaN or infinite values")
+            shape = arr.shape[1:] if batched else arr.shape
+            if batched and arr.ndim == 3:
+                shape = (1,) + arr.shape[1:]
+            if tuple(shape) != (1,) + low:
+                raise ValueError(
+                    f"mask_input logits must have shape {'B×' if batched else ''}1×{low[0]}×{low[1]} "
+                    f"(low_res_logits of a previous call), got {arr.shape}; pass a bool mask of the image size "
+                    "to prompt with a binary mask"
+                )
+            logits = arr.reshape(-1, 1, *low)
+        else:
+            raise TypeError(f"mask_input must be float logits or a bool/uint8 mask, got dtype {arr.dtype}")
+        return self._tensor(logits.reshape(-1, 1, *low), torch.float)
+
+    @staticmethod
+    def _resolve_multimask(
+        multimask_output: Union[bool, str], coords: Optional[Tensor], boxes: Optional[Tensor], masks: Optional[Tensor]
+    ) -> bool:
+        if multimask_output == "auto":
+            single_click = coords is not None and coords.shape[1] == 1 and boxes is None and masks is None
+            return single_click  # §A: ambiguity is rare with several prompts → the single-mask token
+        if not isinstance(multimask_output, (bool, np.bool_)):
+            raise TypeError(f"multimask_output must be True, False or 'auto', got {multimask_output!r}")
+        return bool(multimask_output)
+
+    # ------------------------------------------------------------------ torch API
+    @torch.no_grad()
+    def predict_torch(
+        self,
+        point_coords: Optional[Tensor],
+        point_labels: Optional[Tensor],
+        boxes: Optional[Tensor] = None,
+        mask_input: Optional[Tensor] = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        image_index: int = 0,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Batched prediction with prompts already in the model-input frame (``self.transform`` applied).
+
+        Args:
+            point_coords: ``B×N×2``; point_labels: ``B×N``; boxes: ``B×4``; mask_input: ``B×1×256×256``.
+        Returns:
+            masks ``B×C×H×W`` (bool unless ``return_logits``), IoU predictions ``B×C`` and low-res
+            logits ``B×C×256×256``, all float32/bool whatever the model dtype.
+        """
+        self._require_image(image_index)
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        points = (point_coords, point_labels) if point_coords is not None else None
+        model = self.model
+        sparse, dense = model.prompt_encoder(points, boxes, mask_input)
+        low_res, iou = model.mask_decoder(
+            self.features[image_index : image_index + 1],
+            model.prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+            multimask_output,
+        )
+        low_res, iou = low_res.float(), iou.float()
+        masks = model.postprocess_masks(low_res, self.input_sizes[image_index], self.original_sizes[image_index])
+        if not return_logits:
+            masks = masks > model.mask_threshold
+        return masks, iou, low_res
+
+    def _require_image(self, image_index: int = 0) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        if not 0 <= image_index < len(self.original_sizes):
+            raise ValueError(f"image_index must be in [0, {len(self.original_sizes)}), got {image_index}")

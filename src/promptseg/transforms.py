@@ -1,0 +1,132 @@
+"""The one module for image/coordinate transforms between the user's frame and the model's.
+
+The model sees images resized so that the *longest* side is ``img_size`` (1024 for the official
+models), normalised, then zero-padded bottom/right to ``img_size × img_size``. Points and boxes are
+scaled by the same factors; mask logits come back at ``img_size / 4`` and are upsampled, cropped and
+resized to the original image.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.nn import functional as F
+
+Size = Tuple[int, int]
+
+
+def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> Size:
+    """``(h, w)`` after resizing ``(oldh, oldw)`` so the longest side is ``long_side_length``."""
+    scale = long_side_length * 1.0 / max(oldh, oldw)
+    return int(oldh * scale + 0.5), int(oldw * scale + 0.5)
+
+
+class ResizeLongestSide:
+    """Resize images to a longest side of ``target_length``; rescale points and boxes to match.
+
+    Numpy methods take ``H×W×3`` uint8 images and ``…×2`` coordinates; torch methods take ``B×3×H×W``
+    images and ``B×N×2`` coordinates. Same names and behaviour as the reference's class.
+    """
+
+    def __init__(self, target_length: int) -> None:
+        self.target_length = target_length
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """``H×W×3`` uint8 → resized ``h×w×3`` uint8 (PIL bilinear, as the reference)."""
+        h, w = get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
+        return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+    def apply_coords(self, coords: np.ndarray, original_size: Size) -> np.ndarray:
+        old_h, old_w = original_size
+        new_h, new_w = get_preprocess_shape(old_h, old_w, self.target_length)
+        coords = np.array(coords, dtype=np.float64, copy=True)
+        coords[..., 0] = coords[..., 0] * (new_w / old_w)
+        coords[..., 1] = coords[..., 1] * (new_h / old_h)
+        return coords
+
+    def apply_boxes(self, boxes: np.ndarray, original_size: Size) -> np.ndarray:
+        return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+    def apply_image_torch(self, image: Tensor) -> Tensor:
+        h, w = get_preprocess_shape(image.shape[2], image.shape[3], self.target_length)
+        return F.interpolate(image, (h, w), mode="bilinear", align_corners=False, antialias=True)
+
+    def apply_coords_torch(self, coords: Tensor, original_size: Size) -> Tensor:
+        old_h, old_w = original_size
+        new_h, new_w = get_preprocess_shape(old_h, old_w, self.target_length)
+        coords = coords.clone().to(torch.float)
+        coords[..., 0] = coords[..., 0] * (new_w / old_w)
+        coords[..., 1] = coords[..., 1] * (new_h / old_h)
+        return coords
+
+    def apply_boxes_torch(self, boxes: Tensor, original_size: Size) -> Tensor:
+        return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+
+def to_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Bring any common image array to ``H×W×3`` uint8, explicitly.
+
+    * ``H×W`` or ``H×W×1`` grayscale → replicated to 3 channels;
+    * ``H×W×4`` (RGBA) → alpha dropped;
+    * uint8 as is; uint16 scaled by 255/65535; bool → {0, 255};
+    * float16/32/64 must lie in [0, 1] and are scaled by 255 (rounded).
+    """
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array (H×W, H×W×1, H×W×3 or H×W×4), got {type(image).__name__}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"{name} must have shape H×W, H×W×1, H×W×3 or H×W×4, got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {image.shape})")
+    if image.dtype == np.uint8:
+        out = image
+    elif image.dtype == np.uint16:
+        out = np.round(image.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+    elif image.dtype == np.bool_:
+        out = image.astype(np.uint8) * 255
+    elif np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+        lo, hi = float(image.min()), float(image.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"float {name} must have values in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
+        out = np.round(image.astype(np.float32) * 255.0).astype(np.uint8)
+    else:
+        raise TypeError(f"{name} dtype must be uint8, uint16, bool or float, got {image.dtype}")
+    if out.shape[2] == 1:
+        out = np.repeat(out, 3, axis=2)
+    elif out.shape[2] == 4:
+        out = out[:, :, :3]
+    return np.ascontiguousarray(out)
+
+
+def postprocess_masks(masks: Tensor, input_size: Size, original_size: Size, img_size: int) -> Tensor:
+    """Low-res logits ``B×C×h×w`` → ``B×C×H×W`` logits at ``original_size``.
+
+    Upsample to the padded ``img_size`` frame, crop the padding (``input_size`` is the resized image
+    before padding), and resize to the original image — all bilinear, ``align_corners=False``.
+    """
+    masks = masks.float()
+    masks = F.interpolate(masks, (img_size, img_size), mode="bilinear", align_corners=False)
+    masks = masks[..., : input_size[0], : input_size[1]]
+    return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+
+
+def mask_to_logits(mask: np.ndarray, img_size: int, logit: float = 10.0) -> np.ndarray:
+    """A binary mask at the original image size → ``1×(S/4)×(S/4)`` mask-prompt logits (``±logit``).
+
+    The mask is resized like the image (longest side ``img_size``), zero-padded to ``img_size``, and
+    area-averaged to the decoder's low resolution; the fraction of foreground becomes a logit in
+    ``[-logit, +logit]``.
+    """
+    h, w = get_preprocess_shape(mask.shape[0], mask.shape[1], img_size)
+    frac = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    frac = F.interpolate(frac, (h, w), mode="bilinear", align_corners=False)
+    frac = F.pad(frac, (0, img_size - w, 0, img_size - h))
+    low = F.adaptive_avg_pool2d(frac, (img_size // 4, img_size // 4))
+    return ((low * 2.0 - 1.0) * logit)[0].numpy()
