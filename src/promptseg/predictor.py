@@ -14,12 +14,13 @@ The numpy methods validate and convert their inputs, then call :meth:`predict_to
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from promptseg.models.sam.mask_decoder import ImageKeys
 from promptseg.models.sam.sam import Sam
 from promptseg.prompts import check_boxes, check_points
 from promptseg.transforms import ResizeLongestSide, mask_to_logits, to_rgb_uint8
@@ -94,6 +95,8 @@ class SamPredictor:
 
     def reset_image(self) -> None:
         self.is_image_set = False
+        self._decoder_cache: Dict[int, ImageKeys] = {}
+        self._dense_pe: Optional[Tensor] = None
         self.features: Optional[Tensor] = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size: Optional[Size] = None
@@ -264,16 +267,31 @@ class SamPredictor:
         sparse, dense = model.prompt_encoder(points, boxes, mask_input)
         low_res, iou = model.mask_decoder(
             self.features[image_index : image_index + 1],
-            model.prompt_encoder.get_dense_pe(),
+            self._image_pe(),
             sparse,
             dense,
             multimask_output,
+            image_keys=self._image_keys(image_index) if mask_input is None else None,
         )
         low_res, iou = low_res.float(), iou.float()
         masks = model.postprocess_masks(low_res, self.input_sizes[image_index], self.original_sizes[image_index])
         if not return_logits:
             masks = masks > model.mask_threshold
         return masks, iou, low_res
+
+    def _image_pe(self) -> Tensor:
+        if self._dense_pe is None:
+            self._dense_pe = self.model.prompt_encoder.get_dense_pe()
+        return self._dense_pe
+
+    def _image_keys(self, image_index: int) -> ImageKeys:
+        """The decoder's prompt-independent work for image ``image_index``, computed on first use."""
+        if image_index not in self._decoder_cache:
+            _, no_mask = self.model.prompt_encoder(None, None, None)
+            self._decoder_cache[image_index] = self.model.mask_decoder.image_keys(
+                self.features[image_index : image_index + 1], self._image_pe(), no_mask
+            )
+        return self._decoder_cache[image_index]
 
     def _require_image(self, image_index: int = 0) -> None:
         if not self.is_image_set:

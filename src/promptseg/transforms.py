@@ -106,15 +106,28 @@ def to_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
 
 
 def postprocess_masks(masks: Tensor, input_size: Size, original_size: Size, img_size: int) -> Tensor:
-    """Low-res logits ``B×C×h×w`` → ``B×C×H×W`` logits at ``original_size``.
+    """Low-res logits ``B×C×h×w`` → ``B×C×H×W`` float32 logits at ``original_size``.
 
     Upsample to the padded ``img_size`` frame, crop the padding (``input_size`` is the resized image
     before padding), and resize to the original image — all bilinear, ``align_corners=False``.
+
+    Two exact shortcuts: only the low-res rows/columns under the unpadded image (plus one, so border
+    weights match) are upsampled, and the last resize is skipped when it is the identity (an image
+    whose long side already equals ``img_size``).
     """
     masks = masks.float()
-    masks = F.interpolate(masks, (img_size, img_size), mode="bilinear", align_corners=False)
+    low_h, low_w = masks.shape[-2:]
+    factor = img_size // low_h
+    if factor * low_h == img_size and factor * low_w == img_size:
+        rows = min(low_h, -(-input_size[0] // factor) + 1)
+        cols = min(low_w, -(-input_size[1] // factor) + 1)
+        masks = F.interpolate(masks[..., :rows, :cols], (rows * factor, cols * factor), mode="bilinear", align_corners=False)
+    else:
+        masks = F.interpolate(masks, (img_size, img_size), mode="bilinear", align_corners=False)
     masks = masks[..., : input_size[0], : input_size[1]]
-    return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+    if tuple(input_size) == tuple(original_size):
+        return masks.contiguous()
+    return F.interpolate(masks.contiguous(), tuple(original_size), mode="bilinear", align_corners=False)
 
 
 def mask_to_logits(mask: np.ndarray, img_size: int, logit: float = 10.0) -> np.ndarray:

@@ -9,7 +9,7 @@ three ambiguity-aware masks returned for a single prompt (§A "Making the model 
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Type
+from typing import NamedTuple, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -33,19 +33,43 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
 
-    def _heads(self, x: Tensor) -> Tensor:
+    def heads(self, x: Tensor) -> Tensor:
+        """``B×N×C`` → ``B×H×N×C/H``."""
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """``q: B×Nq×D``, ``k, v: B×Nk×D`` → ``B×Nq×D``."""
-        return self.attend(self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v)))
+        return self.attend(self.heads(self.q_proj(q)), self.heads(self.k_proj(k)), self.heads(self.v_proj(v)))
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Attention over already projected, head-split ``B×H×N×d`` tensors, then the output projection."""
-        out = attention(q, k, v, None, 1.0 / math.sqrt(q.shape[-1]))
-        b, h, n, d = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+        """Attention over projected, head-split ``B×H×N×d`` tensors, then the output projection.
+
+        ``k, v`` (or ``q``) may have batch 1 while the other side has batch ``B``: shared image keys are
+        attended by all prompts without copying them (queries are stacked along their length instead).
+        """
+        b = max(q.shape[0], k.shape[0])
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        if k.shape[0] == 1 and b > 1:
+            h, n, d = q.shape[1:]
+            stacked = q.transpose(0, 1).reshape(1, h, b * n, d)
+            out = attention(stacked, k, v, None, scale).reshape(h, b, n, -1).transpose(0, 1)
+        else:
+            out = attention(q.expand(b, -1, -1, -1), k, v, None, scale)
+        n = out.shape[2]
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class ImageKeys(NamedTuple):
+    """The image side of the decoder before any prompt is seen: flattened keys ``1×hw×D``, their
+    positional encoding, and the first layer's key-side projections. Computed once per image."""
+
+    keys: Tensor
+    key_pe: Tensor
+    keys_pe: Tensor
+    t2i_k: Tensor
+    t2i_v: Tensor
+    i2t_q: Tensor
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -71,7 +95,23 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> Tuple[Tensor, Tensor]:
+    def image_keys(self, keys: Tensor, key_pe: Tensor) -> ImageKeys:
+        """Everything this block computes from the image side alone (keys do not change until its end)."""
+        keys_pe = keys + key_pe
+        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        return ImageKeys(
+            keys,
+            key_pe,
+            keys_pe,
+            t2i.heads(t2i.k_proj(keys_pe)),
+            t2i.heads(t2i.v_proj(keys)),
+            i2t.heads(i2t.q_proj(keys_pe)),
+        )
+
+    def forward(
+        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor, image: Optional[ImageKeys] = None
+    ) -> Tuple[Tensor, Tensor]:
+        """``queries: B×N×D``, ``keys: B×hw×D`` (or batch 1, shared) → updated ``(queries, keys)``."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -79,11 +119,13 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        keys_pe = keys + key_pe  # used twice below: keys do not change until the last step
-        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, keys_pe, keys))
+        image = image if image is not None else self.image_keys(keys, key_pe)
+        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        queries = self.norm2(queries + t2i.attend(t2i.heads(t2i.q_proj(queries + query_pe)), image.t2i_k, image.t2i_v))
         queries = self.norm3(queries + self.mlp(queries))
-        keys = self.norm4(keys + self.cross_attn_image_to_token(keys_pe, queries + query_pe, queries))
-        return queries, keys
+        tokens_pe = queries + query_pe
+        update = i2t.attend(image.i2t_q, i2t.heads(i2t.k_proj(tokens_pe)), i2t.heads(i2t.v_proj(queries)))
+        return queries, self.norm4(image.keys + update)
 
 
 class TwoWayTransformer(nn.Module):
@@ -115,14 +157,38 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor) -> Tuple[Tensor, Tensor]:
-        """``image_embedding, image_pe: B×D×h×w``, ``point_embedding: B×N×D`` → (tokens ``B×N×D``, image ``B×hw×D``)."""
-        keys = image_embedding.flatten(2).permute(0, 2, 1)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
-        queries = point_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
-        attn_out = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
+    def image_keys(self, image_embedding: Tensor, image_pe: Tensor) -> ImageKeys:
+        """Prompt-independent work of the first layer for ``image_embedding, image_pe: B×D×h×w``."""
+        keys = image_embedding.flatten(2).transpose(1, 2)
+        key_pe = image_pe.flatten(2).transpose(1, 2)
+        return self.layers[0].image_keys(keys, key_pe)
+
+    def forward(
+        self,
+        image_embedding: Tensor,
+        image_pe: Tensor,
+        point_embedding: Tensor,
+        image_keys: Optional[ImageKeys] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        """Run the two-way transformer.
+
+        Args:
+            image_embedding: ``B×D×h×w`` (batch 1 when all prompts share it); image_pe: ``1×D×h×w``.
+            point_embedding: ``B×N×D`` prompt tokens.
+            image_keys: :meth:`image_keys` of ``image_embedding``, precomputed (then image_embedding
+                is not read).
+        Returns:
+            tokens ``B×N×D`` and image features ``B×hw×D``.
+        """
+        if image_keys is None:
+            image_keys = self.image_keys(image_embedding, image_pe)
+        key_pe = image_keys.key_pe
+        queries, keys = point_embedding, image_keys.keys
+        for i, layer in enumerate(self.layers):
+            queries, keys = layer(queries, keys, point_embedding, key_pe, image_keys if i == 0 else None)
+        attn = self.final_attn_token_to_image
+        q, k, v = attn.q_proj(queries + point_embedding), attn.k_proj(keys + key_pe), attn.v_proj(keys)
+        attn_out = attn.attend(attn.heads(q), attn.heads(k), attn.heads(v))
         return self.norm_final_attn(queries + attn_out), keys
 
 
@@ -164,6 +230,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: Tensor,
         multimask_output: bool,
         image_indices: Optional[Tensor] = None,
+        image_keys: Optional[ImageKeys] = None,
     ) -> Tuple[Tensor, Tensor]:
         """Predict masks.
 
@@ -171,18 +238,29 @@ class MaskDecoder(nn.Module):
             image_embeddings: ``I×D×h×w`` — one embedding per image.
             image_pe: ``1×D×h×w`` positional encoding of the embedding grid.
             sparse_prompt_embeddings: ``B×N×D`` prompt tokens.
-            dense_prompt_embeddings: ``B×D×h×w``.
+            dense_prompt_embeddings: ``B×D×h×w`` (an expanded ``1×D×h×w`` when shared by all prompts).
             multimask_output: return the 3 ambiguity-aware masks (True) or the single mask (False).
             image_indices: ``B`` index of the image of each prompt; by default every prompt refers to
                 the single image (``I == 1``) or prompt ``i`` to image ``i`` (``I == B``).
+            image_keys: :meth:`image_keys` of the (single) image with this dense embedding, cached by
+                callers that prompt one image many times.
         Returns:
             mask logits ``B×C×4h×4w`` and IoU predictions ``B×C`` with ``C = 3`` or ``1``.
         """
-        masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_indices
-        )
         selected = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, selected], iou_pred[:, selected]
+        return self.predict_masks(
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            image_indices,
+            selected,
+            image_keys,
+        )
+
+    def image_keys(self, image_embedding: Tensor, image_pe: Tensor, dense_prompt_embedding: Tensor) -> ImageKeys:
+        """Prompt-independent decoder work for one image (``1×D×h×w`` each) and a dense prompt."""
+        return self.transformer.image_keys(image_embedding + dense_prompt_embedding[:1], image_pe)
 
     def predict_masks(
         self,
@@ -191,28 +269,56 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: Tensor,
         dense_prompt_embeddings: Tensor,
         image_indices: Optional[Tensor] = None,
+        mask_slice: slice = slice(None),
+        image_keys: Optional[ImageKeys] = None,
     ) -> Tuple[Tensor, Tensor]:
-        """All ``num_mask_tokens`` masks ``B×4×4h×4w`` and their IoU predictions ``B×4``."""
+        """Masks ``B×K×4h×4w`` and IoU predictions ``B×K`` of the mask tokens in ``mask_slice`` (all 4 by default)."""
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
         tokens = torch.cat((output_tokens, sparse_prompt_embeddings.to(output_tokens.dtype)), dim=1)
+        h, w = image_pe.shape[-2:]
 
-        src = self._per_prompt(image_embeddings, b, image_indices) + dense_prompt_embeddings
-        pos_src = image_pe.expand(b, -1, -1, -1)
-        _, c, h, w = src.shape
+        src = None
+        if image_keys is None:
+            dense = dense_prompt_embeddings
+            shared = image_indices is None and image_embeddings.shape[0] == 1 and (dense.shape[0] == 1 or dense.stride(0) == 0)
+            if shared:  # every prompt sees the same image and dense embedding: one copy of the keys
+                src = image_embeddings + dense[:1]
+            else:
+                src = self._per_prompt(image_embeddings, b, image_indices) + dense
+        hs, src = self.transformer(src, image_pe, tokens, image_keys)
 
-        hs, src = self.transformer(src, pos_src, tokens)
-        iou_token_out = hs[:, 0, :]
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, mask_slice]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in list(enumerate(self.output_hypernetworks_mlps))[mask_slice]],
+            dim=1,
         )
-        _, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
-        return masks, self.iou_prediction_head(iou_token_out)
+        return self._masks(src, hyper_in, h, w), iou_pred
+
+    def _masks(self, src: Tensor, hyper_in: Tensor, h: int, w: int) -> Tensor:
+        """Upscale image tokens ``B×hw×D`` 4× and dot them with ``hyper_in`` ``B×K×D/8`` → ``B×K×4h×4w``.
+
+        The two 2×2 stride-2 transposed convolutions of ``output_upscaling`` are per-pixel linear maps,
+        so they run as matrix products on the channels-last tokens; the 16 sub-pixels of every
+        embedding cell stay grouped until the final masks are reordered (only ``K`` channels move).
+        """
+        conv1, norm, act1, conv2, act2 = self.output_upscaling
+        b = hyper_in.shape[0]
+
+        def subpixel_linear(x: Tensor, conv: nn.ConvTranspose2d) -> Tensor:
+            cin, cout = conv.weight.shape[:2]
+            weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * cout, cin)  # rows ordered (i, j, cout)
+            return F.linear(x, weight, conv.bias.repeat(4)).view(*x.shape[:-1], 4, cout)
+
+        x = subpixel_linear(src.expand(b, -1, -1), conv1)  # B×hw×4×C/4
+        x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
+        x = act2(subpixel_linear(x, conv2))  # B×hw×4×4×C/8 — sub-pixel (i1, j1), then (i2, j2)
+        masks = x.reshape(b, -1, x.shape[-1]) @ hyper_in.transpose(1, 2)  # B×(hw·16)×K
+        k = masks.shape[-1]
+        masks = masks.view(b, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(b, k, 4 * h, 4 * w)
 
     @staticmethod
     def _per_prompt(image_embeddings: Tensor, b: int, image_indices: Optional[Tensor]) -> Tensor:

@@ -28,26 +28,30 @@ class PositionEmbeddingRandom(nn.Module):
         self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats)))
 
     def _pe_encoding(self, coords: Tensor) -> Tensor:
-        """``…×2`` coordinates normalised to [0, 1] → ``…×2F`` encodings."""
-        coords = 2 * coords - 1
-        coords = coords @ self.positional_encoding_gaussian_matrix
+        """``…×2`` coordinates normalised to [0, 1] → ``…×2F`` encodings.
+
+        Computed in float32 whatever the module dtype (a bfloat16 coordinate is off by pixels), then
+        cast to the dtype of the frequency matrix.
+        """
+        matrix = self.positional_encoding_gaussian_matrix
+        coords = 2 * coords.float() - 1
+        coords = coords @ matrix.float()
         coords = 2 * math.pi * coords
-        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1).to(matrix.dtype)
 
     def forward(self, size: Tuple[int, int]) -> Tensor:
         """Encoding of every cell centre of an ``h×w`` grid: ``2F×h×w``."""
         h, w = size
-        matrix = self.positional_encoding_gaussian_matrix
-        y = (torch.arange(h, device=matrix.device, dtype=matrix.dtype) + 0.5) / h
-        x = (torch.arange(w, device=matrix.device, dtype=matrix.dtype) + 0.5) / w
+        device = self.positional_encoding_gaussian_matrix.device
+        y = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+        x = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
         grid = torch.stack([x[None, :].expand(h, w), y[:, None].expand(h, w)], dim=-1)
         return self._pe_encoding(grid).permute(2, 0, 1)
 
     def forward_with_coords(self, coords_input: Tensor, image_size: Tuple[int, int]) -> Tensor:
         """``B×N×2`` pixel coordinates (x, y) in an ``H×W`` frame → ``B×N×2F``."""
-        dtype = self.positional_encoding_gaussian_matrix.dtype
-        size = torch.tensor([image_size[1], image_size[0]], device=coords_input.device, dtype=dtype)
-        return self._pe_encoding(coords_input.to(dtype) / size)
+        size = torch.tensor([image_size[1], image_size[0]], device=coords_input.device, dtype=torch.float32)
+        return self._pe_encoding(coords_input.float() / size)
 
 
 class PromptEncoder(nn.Module):

@@ -1,0 +1,266 @@
+"""The ``promptseg`` command line, end to end on a tiny random SAM (fast on a CPU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from promptseg import build_sam, hub, io, save_sam
+from promptseg.cli import main
+from promptseg.models.sam.config import ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig
+from promptseg.models.sam.weights import load_sam
+
+TINY = SamConfig(
+    image_encoder=ImageEncoderConfig(
+        img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, window_size=2,
+        global_attn_indexes=(1,), out_chans=32,
+    ),
+    prompt_encoder=PromptEncoderConfig(embed_dim=32, mask_in_chans=16),
+    mask_decoder=MaskDecoderConfig(transformer_dim=32, num_heads=2, mlp_dim=64, iou_head_hidden_dim=32),
+)
+W, H = 96, 72
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    model = build_sam(TINY)
+    save_sam(model, root / "tiny.safetensors")
+    torch.save(model.state_dict(), root / "tiny_official.pth")  # the official checkpoint layout
+    yy, xx = np.mgrid[:H, :W]
+    image = np.stack([(xx * 2) % 256, (yy * 3) % 256, ((xx + yy) * 5) % 256], -1).astype(np.uint8)
+    Image.fromarray(image).save(root / "photo.png")
+    return {"root": root, "ckpt": str(root / "tiny.safetensors"), "pth": str(root / "tiny_official.pth"),
+            "image": str(root / "photo.png")}
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_png(path, size=None, mode=None):
+    assert Path(path).is_file(), f"{path} was not written"
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        if size is not None:
+            assert im.size == size
+        if mode is not None:
+            assert im.mode == mode
+
+
+# --------------------------------------------------------------------------------------------- segment
+def test_segment_point(files, capsys, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "segment", files["image"], "--checkpoint", files["ckpt"],
+                            "--point", "40,30", "--point", "10,60,0", "-o", out)
+    assert code == 0, err
+    assert_png(out / "mask.png", (W, H), "L")
+    assert_png(out / "overlay.png", (W, H), "RGB")
+    assert not (out / "masks.json").exists()
+    lines = [line for line in stdout.splitlines() if "score" in line]
+    assert len(lines) == 1 and "mask.png" in lines[0] and "area" in lines[0]
+    area = int(lines[0].split("area ")[1].split()[0])
+    assert area == int(io.read_mask_png(out / "mask.png").sum())
+
+
+@pytest.mark.parametrize("extra", [[], ["--single"], ["--multimask", "--dtype", "bfloat16"]])
+def test_segment_box_with_points(files, capsys, tmp_path, extra):
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "segment", files["image"], "--checkpoint", files["ckpt"],
+                            "--box", "10,5,80,60", "--point", "40,30", "-o", out, *extra)
+    assert code == 0, err
+    assert_png(out / "mask.png", (W, H))
+    assert_png(out / "overlay.png", (W, H))
+    assert stdout.count("score") == 1
+
+
+def test_segment_several_boxes_with_rle(files, capsys, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "segment", files["image"], "--checkpoint", files["ckpt"],
+                            "--box", "0,0,40,30", "--box", "30,20,96,72", "--box", "5,40,50,70", "--rle", "-o", out)
+    assert code == 0, err
+    assert stdout.count("score") == 3
+    assert not (out / "mask.png").exists()
+    assert_png(out / "overlay.png", (W, H))
+    doc = json.loads((out / "masks.json").read_text())
+    assert (doc["height"], doc["width"]) == (H, W)
+    assert [m["file"] for m in doc["masks"]] == ["mask_0.png", "mask_1.png", "mask_2.png"]
+    for i, record in enumerate(doc["masks"]):
+        assert_png(out / record["file"], (W, H))
+        png = io.read_mask_png(out / record["file"])
+        decoded = io.rle_to_mask(record["segmentation"])
+        np.testing.assert_array_equal(decoded, png)
+        assert record["area"] == int(png.sum())
+        assert record["bbox"] == io.mask_bbox(png)  # XYWH from the top-left corner
+        assert isinstance(record["score"], float)
+        assert record["prompt"]["box"] == [float(v) for v in [[0, 0, 40, 30], [30, 20, 96, 72], [5, 40, 50, 70]][i]]
+
+
+def test_segment_matches_the_predictor(files, capsys, tmp_path):
+    """The CLI is a thin layer: its mask is the predictor's best mask for the same prompt."""
+    from promptseg import SamPredictor
+
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "segment", files["image"], "--checkpoint", files["ckpt"], "--point", "50,20", "-o", out)
+    assert code == 0, err
+    predictor = SamPredictor(load_sam(files["ckpt"]))
+    predictor.set_image(io.read_image(files["image"]))
+    masks, scores, _ = predictor.predict(np.array([[50.0, 20.0]]), np.array([1]), multimask_output=True)
+    np.testing.assert_array_equal(io.read_mask_png(out / "mask.png"), masks[scores.argmax()])
+
+
+# --------------------------------------------------------------------------------------------- convert / info
+def test_convert_then_info(files, capsys, tmp_path):
+    dst = tmp_path / "converted.safetensors"
+    code, stdout, err = run(capsys, "convert", files["pth"], dst)
+    assert code == 0, err
+    assert "custom SAM" in stdout and "width 32" in stdout and "depth 2" in stdout
+    original = torch.load(files["pth"], weights_only=True)
+    converted = load_sam(dst).state_dict()
+    assert set(converted) == set(original)
+    for key, value in original.items():
+        torch.testing.assert_close(converted[key], value, rtol=0, atol=0)
+
+    code, stdout, err = run(capsys, "info", dst)
+    assert code == 0, err
+    count = sum(v.numel() for v in original.values())
+    assert f"parameters: {count:,}" in stdout
+    assert "config embedded in the file" in stdout and "float32" in stdout
+
+    code, stdout, err = run(capsys, "info", files["pth"])
+    assert code == 0, err
+    assert f"parameters: {count:,}" in stdout and "inferred" in stdout
+
+    code, stdout, err = run(capsys, "info", files["ckpt"], "--json")
+    assert code == 0, err
+    assert SamConfig.from_dict(json.loads(stdout)) == TINY
+
+
+def test_convert_errors(files, capsys, tmp_path):
+    code, _, err = run(capsys, "convert", files["pth"], tmp_path / "out.pth")
+    assert code == 2 and ".safetensors" in err
+    code, _, err = run(capsys, "convert", files["pth"], tmp_path / "out.safetensors", "--model-type", "vit_b")
+    assert code == 2 and "vit_b" in err and "Traceback" not in err
+    assert not (tmp_path / "out.safetensors").exists()
+    code, _, err = run(capsys, "convert", tmp_path / "missing.pth", tmp_path / "out.safetensors")
+    assert code == 2 and "missing.pth" in err
+
+
+# --------------------------------------------------------------------------------------------- demo
+def test_demo_writes_overlays(files, capsys, tmp_path):
+    out = tmp_path / "demo"
+    code, stdout, err = run(capsys, "demo", "-o", out, "--checkpoint", files["ckpt"])
+    assert code == 0, err
+    photos = io.sample_images()
+    assert len(photos) == 2
+    for photo in photos:
+        with Image.open(photo) as im:
+            size = im.size
+        for kind in ("point", "box"):
+            path = out / f"{photo.stem}_{kind}.png"
+            assert_png(path, size, "RGB")
+            assert str(path) in stdout
+    assert "4 overlays written" in stdout
+    assert "photo" in err  # the progress bar
+
+
+# --------------------------------------------------------------------------------------------- user errors
+def test_no_default_model(files, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(hub, "default_model_path", lambda: None)
+    code, stdout, err = run(capsys, "segment", files["image"], "--point", "5,5", "-o", tmp_path / "o")
+    assert code == 2 and "no default model" in err and "--checkpoint" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    code, _, err = run(capsys, "demo", "-o", tmp_path / "d")
+    assert code == 2 and "no default model" in err
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--point", "5;5"], "invalid point '5;5'"),
+        (["--point", "5,5,7"], "LABEL must be 1"),
+        (["--point", "a,b"], "invalid point 'a,b'"),
+        (["--point", "500,5"], "--point 500,5 lies outside the image"),
+        (["--box", "1,2,3"], "invalid box '1,2,3'"),
+        (["--box", "50,50,10,10"], "X0 ≤ X1"),
+        (["--box", "0,0,97,10"], "reaches outside the image"),
+        (["--box", "0,0,10,10", "--box", "5,5,20,20", "--point", "3,3"], "at most one --box"),
+        ([], "at least one --point"),
+        (["--point", "5,5", "--single", "--multimask"], "not allowed with argument"),
+        (["--point", "5,5", "--checkpoint", "{root}/absent.safetensors"], "checkpoint not found"),
+        (["--point", "5,5", "--checkpoint", "{image}"], "cannot read checkpoint"),
+        (["--point", "5,5", "--dtype", "float64"], "invalid choice"),
+    ],
+)
+def test_segment_user_errors(files, capsys, tmp_path, args, expected):
+    args = [a.format(root=files["root"], image=files["image"]) for a in args]
+    checkpoint = [] if "--checkpoint" in args else ["--checkpoint", files["ckpt"]]
+    code, stdout, err = run(capsys, "segment", files["image"], *checkpoint, *args, "-o", tmp_path / "o")
+    assert code == 2
+    assert expected in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o" / "mask.png").exists()
+
+
+def test_missing_or_bad_image(files, capsys, tmp_path):
+    code, _, err = run(capsys, "segment", tmp_path / "nope.jpg", "--checkpoint", files["ckpt"], "--point", "1,1",
+                       "-o", tmp_path / "o")
+    assert code == 2 and "image file not found" in err and "nope.jpg" in err
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    code, _, err = run(capsys, "segment", bad, "--checkpoint", files["ckpt"], "--point", "1,1", "-o", tmp_path / "o")
+    assert code == 2 and "bad.jpg" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run(capsys, "segment", files["image"], "--checkpoint", files["ckpt"], "--point", "1,1",
+                       "-o", blocker)
+    assert code == 2 and "not a directory" in err
+
+
+def test_info_missing_checkpoint_and_no_command(capsys, tmp_path):
+    code, _, err = run(capsys, "info", tmp_path / "absent.pth")
+    assert code == 2 and "checkpoint not found" in err and "absent.pth" in err
+    assert main([]) == 2
+    assert main(["--version"]) == 0
+    assert "promptseg" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------- console script
+def _console_script():
+    script = Path(sys.executable).parent / "promptseg"
+    found = str(script) if script.is_file() else shutil.which("promptseg")
+    if found is None:
+        pytest.fail("the promptseg console script is not installed: pip install -e . (it is declared in pyproject.toml)")
+    return found
+
+
+def test_console_script_subprocess(files, tmp_path):
+    script = _console_script()
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [script, "segment", files["image"], "--checkpoint", files["ckpt"], "--point", "40,30", "--rle", "-o", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "score" in done.stdout
+    assert_png(out / "mask.png", (W, H))
+    doc = json.loads((out / "masks.json").read_text())
+    np.testing.assert_array_equal(io.rle_to_mask(doc["masks"][0]["segmentation"]), io.read_mask_png(out / "mask.png"))
+
+    done = subprocess.run([script, "segment", files["image"], "--point", "40;30", "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "invalid point '40;30'" in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,239 @@
+"""Attention backends: ``eager`` (reference formulation) and ``sdpa`` (fused) agree; the switch works.
+
+Tolerance: max |Δ| ≤ 1e-4 in float32.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from promptseg import SamPredictor, set_attention_backend, use_attention_backend
+from promptseg.layers.attention import (
+    DecomposedBias,
+    attention,
+    available_attention_backends,
+    get_attention_backend,
+)
+from promptseg.models.sam.image_encoder import Block, rel_pos_bias
+
+# ``promptseg.layers.attention`` the attribute is the function (re-exported by ``promptseg.layers``);
+# the module itself:
+attention_module = importlib.import_module("promptseg.layers.attention")
+
+ATOL = 1e-4
+
+
+def _randn(*shape, seed=0, scale=1.0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+# ---------------------------------------------------------------------------------------------------
+# DecomposedBias
+
+
+def test_decomposed_bias_dense_is_broadcast_sum():
+    b, h, nq, kh, kw = 2, 3, 5, 4, 6
+    rows, cols = _randn(b, h, nq, kh, seed=1), _randn(b, h, nq, kw, seed=2)
+    bias = DecomposedBias(rows, cols)
+    expected = (rows[..., :, None] + cols[..., None, :]).reshape(b * h, nq, kh * kw)
+    assert torch.equal(bias.dense(), expected)
+    # dense()[n, i, a * kw + c] == rows[n, i, a] + cols[n, i, c]
+    flat_rows, flat_cols = bias.flat()
+    assert flat_rows.shape == (b * h, nq, kh) and flat_cols.shape == (b * h, nq, kw)
+    assert torch.equal(bias.dense()[4, 3, 2 * kw + 5], flat_rows[4, 3, 2] + flat_cols[4, 3, 5])
+    assert torch.equal(bias.dense(slice(2, 5)), expected[2:5])
+
+
+def test_rel_pos_bias_matches_reference_add_decomposed_rel_pos():
+    from segment_anything.modeling.image_encoder import add_decomposed_rel_pos
+
+    b, heads, size, d = 1, 2, (5, 7), 8
+    q = _randn(b, heads, size[0] * size[1], d, seed=3)
+    rel_h, rel_w = _randn(2 * size[0] - 1, d, seed=4), _randn(2 * size[1] - 1, d, seed=5)
+    bias = rel_pos_bias(q, rel_h, rel_w, size)
+    attn = _randn(b * heads, size[0] * size[1], size[0] * size[1], seed=6)
+    expected = add_decomposed_rel_pos(attn.clone(), q.reshape(b * heads, -1, d), rel_h, rel_w, size, size)
+    got = attn + bias.dense().reshape(attn.shape)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Backends agree
+
+
+@pytest.mark.parametrize("bias_kind", ["none", "dense", "broadcast", "decomposed"])
+def test_backends_agree_on_random_inputs(bias_kind):
+    b, h, nq, nk, d = 2, 3, 12, 20, 16
+    q, k, v = _randn(b, h, nq, d, seed=1), _randn(b, h, nk, d, seed=2), _randn(b, h, nk, d, seed=3)
+    bias = {
+        "none": None,
+        "dense": _randn(b, h, nq, nk, seed=4),
+        "broadcast": _randn(1, 1, nq, nk, seed=5),
+        "decomposed": DecomposedBias(_randn(b, h, nq, 4, seed=6), _randn(b, h, nq, 5, seed=7)),
+    }[bias_kind]
+    outs = {}
+    for name in ("eager", "sdpa"):
+        with use_attention_backend(name):
+            outs[name] = attention(q, k, v, bias, 0.3)
+    assert outs["eager"].shape == (b, h, nq, d)
+    assert (outs["eager"] - outs["sdpa"]).abs().max() <= ATOL
+    # and both equal the textbook formula
+    dense = bias.dense().view(b, h, nq, nk) if isinstance(bias, DecomposedBias) else bias
+    logits = 0.3 * q @ k.transpose(-1, -2) + (0 if dense is None else dense)
+    assert (outs["sdpa"] - logits.softmax(-1) @ v).abs().max() <= ATOL
+
+
+def test_default_scale_is_inverse_sqrt_head_dim():
+    q, k, v = _randn(1, 2, 4, 9, seed=1), _randn(1, 2, 6, 9, seed=2), _randn(1, 2, 6, 9, seed=3)
+    for name in ("eager", "sdpa"):
+        with use_attention_backend(name):
+            assert torch.allclose(attention(q, k, v), attention(q, k, v, None, 1 / 3), atol=1e-6)
+
+
+def test_sdpa_decomposed_bias_in_chunks(monkeypatch):
+    """The fused path materialises the bias a few heads at a time; chunking must not change the result."""
+    b, h, n, d = 2, 3, 16, 8
+    q, k, v = _randn(b, h, n, d, seed=1), _randn(b, h, n, d, seed=2), _randn(b, h, n, d, seed=3)
+    bias = DecomposedBias(_randn(b, h, n, 4, seed=4), _randn(b, h, n, 4, seed=5))
+    with use_attention_backend("eager"):
+        expected = attention(q, k, v, bias)
+    for chunk in (n * n, 2 * n * n, 4 * n * n, 1):  # 1 head, 2 heads, 4 heads (uneven tail), min 1 head
+        monkeypatch.setattr(attention_module, "_BIAS_CHUNK_ELEMENTS", chunk)
+        with use_attention_backend("sdpa"):
+            got = attention(q, k, v, bias)
+        assert (got - expected).abs().max() <= ATOL, chunk
+
+
+def test_backends_agree_on_gradients(monkeypatch):
+    monkeypatch.setattr(attention_module, "_BIAS_CHUNK_ELEMENTS", 2 * 10 * 10)  # several chunks
+    grads = {}
+    for name in ("eager", "sdpa"):
+        q = _randn(1, 3, 10, 8, seed=1).requires_grad_()
+        rows = _randn(1, 3, 10, 2, seed=2).requires_grad_()
+        cols = _randn(1, 3, 10, 5, seed=3).requires_grad_()
+        k, v = _randn(1, 3, 10, 8, seed=4), _randn(1, 3, 10, 8, seed=5)
+        with use_attention_backend(name):
+            out = attention(q, k, v, DecomposedBias(rows, cols))
+        (out * _randn(*out.shape, seed=6)).sum().backward()
+        grads[name] = (q.grad, rows.grad, cols.grad)
+    for a, b in zip(grads["eager"], grads["sdpa"]):
+        assert (a - b).abs().max() <= ATOL
+
+
+def test_backends_agree_on_tiny_sam(tiny_sam, helpers):
+    image = helpers.make_image(100, 160, seed=2)
+    prompt = dict(point_coords=np.array([[40, 50], [120, 70]]), point_labels=np.array([1, 0]), box=np.array([10, 10, 150, 90]))
+    results = {}
+    for name in ("eager", "sdpa"):
+        predictor = SamPredictor(tiny_sam)
+        with use_attention_backend(name):
+            predictor.set_image(image)
+            results[name] = (predictor.features,) + tuple(torch.from_numpy(x) for x in predictor.predict(**prompt, return_logits=True))
+    for a, b in zip(results["eager"], results["sdpa"]):
+        helpers.assert_close(a, b, "eager vs sdpa")
+
+
+def _block_pair(window_size):
+    from functools import partial
+
+    from segment_anything.modeling.image_encoder import Block as RefBlock
+
+    kwargs = dict(dim=768, num_heads=12, mlp_ratio=4.0, qkv_bias=True, use_rel_pos=True, window_size=window_size, input_size=(64, 64))
+    torch.manual_seed(window_size)
+    ref = RefBlock(norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), **kwargs).eval()
+    gen = torch.Generator().manual_seed(100 + window_size)
+    with torch.no_grad():
+        for _, p in sorted(ref.named_parameters()):
+            p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+    ours = Block(**kwargs).eval()
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+@pytest.mark.parametrize("window_size", [0, 14], ids=["global", "window14"])
+def test_vit_b_size_block_backends_and_reference(helpers, window_size):
+    """One ViT-B-size block on the 64×64 grid: reference, eager and sdpa agree (rel-pos bias, padding)."""
+    ref, ours = _block_pair(window_size)
+    x = _randn(1, 64, 64, 768, seed=7)
+    with torch.no_grad(), helpers.all_threads():
+        expected = ref(x)
+        outs = {}
+        for name in ("eager", "sdpa"):
+            with use_attention_backend(name):
+                outs[name] = ours(x)
+    helpers.assert_close(outs["eager"], outs["sdpa"], "eager vs sdpa")
+    helpers.assert_close(outs["eager"], expected, "eager vs reference")
+    helpers.assert_close(outs["sdpa"], expected, "sdpa vs reference")
+    assert (expected - x).abs().max() > 1e-2  # the block does something
+
+
+# ---------------------------------------------------------------------------------------------------
+# Backend selection
+
+
+def test_default_backend_is_sdpa_and_both_are_available():
+    assert get_attention_backend() == "sdpa"
+    assert {"eager", "sdpa"} <= set(available_attention_backends())
+
+
+def test_use_attention_backend_restores_previous_even_on_error():
+    with use_attention_backend("eager"):
+        assert get_attention_backend() == "eager"
+        with use_attention_backend("sdpa"):
+            assert get_attention_backend() == "sdpa"
+        assert get_attention_backend() == "eager"
+    assert get_attention_backend() == "sdpa"
+    with pytest.raises(KeyError):
+        with use_attention_backend("eager"):
+            raise KeyError("boom")
+    assert get_attention_backend() == "sdpa"
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError, match="flash9"):
+        set_attention_backend("flash9")
+    with pytest.raises(ValueError, match="backend"):
+        with use_attention_backend("nope"):
+            pass
+    assert get_attention_backend() == "sdpa"
+
+
+def test_backend_is_thread_local():
+    seen = []
+    with use_attention_backend("eager"):
+        thread = threading.Thread(target=lambda: seen.append(get_attention_backend()))
+        thread.start()
+        thread.join()
+        assert get_attention_backend() == "eager"
+    assert seen == ["sdpa"]
+
+
+def test_every_sam_attention_goes_through_the_selected_backend(tiny_sam, helpers, monkeypatch):
+    """A spy backend sees the image encoder's and the mask decoder's attentions."""
+    calls = []
+
+    def spy(q, k, v, bias, scale):
+        calls.append((tuple(q.shape), isinstance(bias, DecomposedBias)))
+        return attention_module.eager_attention(q, k, v, bias, scale)
+
+    monkeypatch.setitem(attention_module._BACKENDS, "spy", spy)
+    predictor = SamPredictor(tiny_sam)
+    image = helpers.make_image(64, 64, seed=1)
+    with use_attention_backend("spy"):
+        predictor.set_image(image)
+        n_encoder = len(calls)
+        predictor.predict(point_coords=np.array([[10, 10]]), point_labels=np.array([1]))
+    cfg = helpers.TINY_CONFIG
+    assert n_encoder == cfg.image_encoder.depth  # one (windowed or global) attention per block
+    assert all(rel for _, rel in calls[:n_encoder])  # with the relative-position bias
+    # decoder: 3 attentions per two-way layer + the final token→image attention
+    assert len(calls) - n_encoder == 3 * cfg.mask_decoder.transformer_depth + 1
+    # the spy was equivalent to the default backend
+    default = SamPredictor(tiny_sam)
+    default.set_image(image)
+    helpers.assert_close(default.features, predictor.features, "spy vs sdpa")

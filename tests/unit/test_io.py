@@ -1,0 +1,220 @@
+"""promptseg.io: images in, masks/overlays/RLE/JSON out."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from promptseg import io
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+# --------------------------------------------------------------------------------------------- RLE
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (64, 48), (33, 100)])
+def test_rle_round_trip(shape):
+    rng = np.random.default_rng(sum(shape))
+    for mask in (rng.random(shape) > 0.6, np.zeros(shape, bool), np.ones(shape, bool)):
+        rle = io.mask_to_rle(mask)
+        assert rle["size"] == list(shape)
+        assert isinstance(rle["counts"], str)
+        decoded = io.rle_to_mask(json.loads(json.dumps(rle)))  # survives JSON
+        assert decoded.dtype == np.bool_ and decoded.shape == shape
+        np.testing.assert_array_equal(decoded, mask)
+        # bytes counts, as pycocotools returns them, are accepted too
+        np.testing.assert_array_equal(io.rle_to_mask({"size": rle["size"], "counts": rle["counts"].encode()}), mask)
+
+
+def test_rle_uncompressed_counts_and_bad_input():
+    # column-major runs: 2 zeros, 3 ones, 1 zero over a 3×2 mask
+    mask = io.rle_to_mask({"size": [3, 2], "counts": [2, 3, 1]})
+    np.testing.assert_array_equal(mask, np.array([[0, 1], [0, 1], [1, 0]], bool))
+    with pytest.raises(ValueError, match="sum to"):
+        io.rle_to_mask({"size": [3, 2], "counts": [2, 3]})
+    with pytest.raises(ValueError, match="'size'"):
+        io.rle_to_mask({"counts": "abc"})
+
+
+def test_rle_without_pycocotools_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    monkeypatch.setitem(sys.modules, "pycocotools.mask", None)
+    with pytest.raises(io.MissingDependencyError, match=r"pip install promptseg\[coco\]"):
+        io.mask_to_rle(np.ones((2, 2), bool))
+
+
+def test_mask_bbox_is_xywh_from_top_left():
+    mask = np.zeros((10, 20), bool)
+    mask[2:5, 3:11] = True
+    assert io.mask_bbox(mask) == [3, 2, 8, 3]
+    assert io.mask_bbox(np.zeros((4, 4), bool)) == [0, 0, 0, 0]
+
+
+# --------------------------------------------------------------------------------------------- masks & overlays
+def test_mask_png_round_trip(tmp_path):
+    mask = np.random.default_rng(0).random((30, 40)) > 0.5
+    path = io.save_mask_png(mask, tmp_path / "sub" / "m.png")
+    with Image.open(path) as im:
+        assert im.mode == "L" and im.size == (40, 30)
+        assert set(np.unique(np.asarray(im)).tolist()) <= {0, 255}
+    np.testing.assert_array_equal(io.read_mask_png(path), mask)
+    assert _files(tmp_path / "sub") == ["m.png"]
+    with pytest.raises(ValueError, match="2-D"):
+        io.save_mask_png(np.zeros((2, 3, 4), bool), tmp_path / "bad.png")
+
+
+def test_overlay_shape_dtype_and_content(tmp_path):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    masks = np.zeros((2, 120, 160), bool)
+    masks[0, 10:60, 10:70] = True
+    masks[1, 70:110, 90:150] = True
+    overlay = io.render_overlay(
+        image, masks, points=[[20, 20], [150, 10]], labels=[1, 0], boxes=[[5, 5, 75, 65], [85, 65, 155, 115]],
+        scores=[0.9, 0.5],
+    )
+    assert overlay.shape == (120, 160, 3) and overlay.dtype == np.uint8
+    assert not np.array_equal(overlay[30:50, 30:50], image[30:50, 30:50])  # tinted inside the mask
+    np.testing.assert_array_equal(overlay[62:68, 0:4], image[62:68, 0:4])  # untouched far from everything
+    # markers: green for the positive click, red for the negative one
+    g = overlay[17:24, 17:24].reshape(-1, 3).astype(int)
+    assert ((g[:, 1] > 150) & (g[:, 0] < 120)).any()
+    r = overlay[7:14, 147:154].reshape(-1, 3).astype(int)
+    assert ((r[:, 0] > 180) & (r[:, 1] < 100)).any()
+
+    saved = io.save_overlay_png(image, masks[0], tmp_path / "o.png", boxes=[5, 5, 75, 65], scores=[0.9])
+    assert saved.shape == (120, 160, 3) and saved.dtype == np.uint8
+    with Image.open(tmp_path / "o.png") as im:
+        assert im.format == "PNG" and im.mode == "RGB" and im.size == (160, 120)
+        np.testing.assert_array_equal(np.asarray(im), saved)
+
+
+def test_overlay_accepts_grayscale_and_no_masks():
+    gray = np.full((20, 30), 128, np.uint8)
+    out = io.render_overlay(gray)
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, 128)
+
+
+def test_overlay_rejects_mismatched_inputs():
+    image = np.zeros((20, 30, 3), np.uint8)
+    with pytest.raises(ValueError, match="image's size"):
+        io.render_overlay(image, np.zeros((1, 20, 31), bool))
+    with pytest.raises(ValueError, match="one value per mask"):
+        io.render_overlay(image, np.zeros((2, 20, 30), bool), scores=[0.5])
+    with pytest.raises(ValueError, match="one value per point"):
+        io.render_overlay(image, points=[[1, 1], [2, 2]], labels=[1])
+
+
+# --------------------------------------------------------------------------------------------- read_image
+def test_read_image_rgb_jpeg_and_exif_orientation(tmp_path):
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:, :30] = (250, 10, 10)
+    im = Image.fromarray(rgb)
+    im.save(tmp_path / "plain.png")
+    np.testing.assert_array_equal(io.read_image(tmp_path / "plain.png"), rgb)
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    im.save(tmp_path / "rotated.jpg", quality=95, exif=exif)
+    out = io.read_image(tmp_path / "rotated.jpg")
+    assert out.shape == (60, 40, 3) and out.dtype == np.uint8
+    assert out[:30, :, 0].mean() > 200 and out[30:, :, 0].mean() < 50  # red half moved to the top
+
+
+def test_read_image_grayscale_rgba_palette_and_16bit(tmp_path):
+    gray = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    out = io.read_image(tmp_path / "gray.png")
+    assert out.shape == (12, 10, 3) and out.dtype == np.uint8
+    for c in range(3):
+        np.testing.assert_array_equal(out[..., c], gray)
+
+    rgba = np.random.default_rng(2).integers(0, 256, (12, 10, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(io.read_image(tmp_path / "rgba.png"), rgba[..., :3])
+
+    Image.fromarray(np.stack([gray, gray], -1), "LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(io.read_image(tmp_path / "la.png")[..., 1], gray)
+
+    Image.fromarray(rgba[..., :3]).convert("P").save(tmp_path / "palette.png")
+    assert io.read_image(tmp_path / "palette.png").shape == (12, 10, 3)
+
+    deep = (np.arange(12 * 10).reshape(12, 10) * 500).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    out = io.read_image(tmp_path / "deep.png")
+    assert out.shape == (12, 10, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[..., 0], np.round(deep / 65535.0 * 255).astype(np.uint8))
+
+
+def test_read_image_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.jpg"
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        io.read_image(missing)
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"this is not an image")
+    with pytest.raises(ValueError, match="junk.png"):
+        io.read_image(junk)
+    truncated = tmp_path / "truncated.png"
+    Image.fromarray(np.zeros((50, 50, 3), np.uint8) + 7).save(tmp_path / "full.png")
+    truncated.write_bytes((tmp_path / "full.png").read_bytes()[:60])
+    with pytest.raises(ValueError, match="truncated.png"):
+        io.read_image(truncated)
+    with pytest.raises(IsADirectoryError, match="directory"):
+        io.read_image(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------- atomic writes
+def test_failed_png_write_leaves_no_temp_file_and_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "mask.png"
+    io.save_mask_png(np.ones((4, 4), bool), path)
+    before = path.read_bytes()
+
+    def broken_save(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"half a PNG")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_mask_png(np.zeros((4, 4), bool), path)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_overlay_png(np.zeros((4, 4, 3), np.uint8), None, tmp_path / "overlay.png")
+    assert _files(tmp_path) == ["mask.png"]
+    assert path.read_bytes() == before
+
+
+def test_save_json_is_atomic_and_readable(tmp_path):
+    path = io.save_json({"a": [1, 2], "name": "été"}, tmp_path / "x" / "out.json")
+    assert json.loads(path.read_text(encoding="utf-8")) == {"a": [1, 2], "name": "été"}
+    with pytest.raises(TypeError):
+        io.save_json({"bad": object()}, tmp_path / "x" / "bad.json")
+    assert _files(tmp_path / "x") == ["out.json"]
+
+
+# --------------------------------------------------------------------------------------------- samples
+def test_sample_images_are_small_real_photos():
+    photos = io.sample_images()
+    assert [p.name for p in photos] == ["astronaut.jpg", "coffee.jpg"]
+    for photo in photos:
+        assert photo.stat().st_size <= 150_000
+        with Image.open(photo) as im:
+            assert im.format == "JPEG" and max(im.size) <= 800
+        image = io.read_image(photo)
+        h, w = image.shape[:2]
+        prompts = io.sample_prompts(photo, (h, w))
+        x, y = prompts["point"]
+        x0, y0, x1, y1 = prompts["box"]
+        assert 0 <= x <= w and 0 <= y <= h
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+
+
+def test_sample_prompts_default_to_the_centre():
+    prompts = io.sample_prompts("other.png", (100, 200))
+    assert prompts["point"] == (100.0, 50.0)
+    assert prompts["box"] == (50.0, 25.0, 150.0, 75.0)
