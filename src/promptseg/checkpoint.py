@@ -39,10 +39,10 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, Tensor], Optional[Dict[st
         return _read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError, KeyError, OSError) as err:
         raise CheckpointError(
-            f"cannot read checkpoint {path}: it is corrupt or not a weights-only PyTorch file "
-            f"(promptseg never unpickles arbitrary objects): {str(err).splitlines()[0]}"
+            f"cannot read checkpoint {path}: it is corrupt, truncated, or not a weights-only PyTorch file "
+            f"({type(err).__name__}); promptseg never unpickles arbitrary objects"
         ) from err
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):  # common training-checkpoint wrappers

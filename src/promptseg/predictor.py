@@ -23,7 +23,7 @@ from torch import Tensor
 from promptseg.models.sam.mask_decoder import ImageKeys
 from promptseg.models.sam.sam import Sam
 from promptseg.prompts import check_boxes, check_points
-from promptseg.transforms import ResizeLongestSide, mask_to_logits, to_rgb_uint8
+from promptseg.transforms import ResizeLongestSide, get_preprocess_shape, mask_to_logits, to_rgb_uint8
 
 Size = Tuple[int, int]
 NumpyResult = Tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -46,11 +46,13 @@ class SamPredictor:
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         if isinstance(images, np.ndarray) or len(images) == 0:
             raise ValueError("images must be a non-empty sequence of H×W×C arrays")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
         tensors, sizes = [], []
         for i, image in enumerate(images):
             rgb = to_rgb_uint8(image, name="image" if len(images) == 1 else f"images[{i}]")
+            if min(get_preprocess_shape(*rgb.shape[:2], self.transform.target_length)) < 1:
+                raise ValueError(f"image of shape {rgb.shape[:2]} is too elongated: its short side would resize to 0 px")
             if image_format != self.model.image_format:
                 rgb = rgb[..., ::-1]
             resized = self.transform.apply_image(np.ascontiguousarray(rgb))
@@ -202,6 +204,8 @@ class SamPredictor:
         """Logits (float, ``[B×]1×h×w``) or binary masks (bool/uint8, ``[B×]H×W``) → ``B×1×h×w`` logits."""
         arr = np.asarray(mask_input)
         low = self.model.prompt_encoder.mask_input_size
+        if batched and (arr.ndim < 3 or arr.shape[0] == 0):
+            raise ValueError(f"mask_input must hold B ≥ 1 masks (B×H×W or B×1×{low[0]}×{low[1]}), got {arr.shape}")
         if arr.dtype == np.bool_ or arr.dtype == np.uint8:
             expect = (-1,) + tuple(original) if batched else tuple(original)
             if arr.ndim != len(expect) or arr.shape[-2:] != tuple(original):

@@ -85,8 +85,8 @@ def check_points(
     coords = _numeric(point_coords, "point_coords").astype(np.float64)
     labels = _numeric(point_labels, "point_labels")
     ndim = 3 if batched else 2
-    if coords.ndim != ndim or coords.shape[-1] != 2 or coords.shape[-2] == 0:
-        raise ValueError(f"point_coords must have shape {lead}×2 with N ≥ 1, got {coords.shape}")
+    if coords.ndim != ndim or coords.shape[-1] != 2 or coords.shape[-2] == 0 or coords.shape[0] == 0:
+        raise ValueError(f"point_coords must have shape {lead}×2 with {'B, ' if batched else ''}N ≥ 1, got {coords.shape}")
     if labels.shape != coords.shape[:-1]:
         raise ValueError(f"point_labels must have shape {lead} = {coords.shape[:-1]}, got {labels.shape}")
     if np.issubdtype(labels.dtype, np.floating) and not np.all(labels == np.round(labels)):

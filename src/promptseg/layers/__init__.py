@@ -2,7 +2,6 @@
 
 from promptseg.layers.attention import (
     DecomposedBias,
-    attention,
     available_attention_backends,
     get_attention_backend,
     register_attention_backend,
@@ -13,7 +12,6 @@ from promptseg.layers.common import MLP, LayerNorm2d, MLPBlock, DropPath
 
 __all__ = [
     "DecomposedBias",
-    "attention",
     "available_attention_backends",
     "get_attention_backend",
     "register_attention_backend",

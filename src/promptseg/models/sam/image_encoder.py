@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from promptseg.layers import DecomposedBias, DropPath, LayerNorm2d, MLPBlock, attention
+from promptseg.layers import DecomposedBias, DropPath, LayerNorm2d, MLPBlock
+from promptseg.layers.attention import attention
 from promptseg.models.sam.config import ImageEncoderConfig
 
 
@@ -162,8 +163,11 @@ class Block(nn.Module):
         return self.attn.proj(out)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self._attention(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        """``B×H×W×C`` → same. The residual stream keeps the dtype of ``x`` (float32 in the bf16 mode,
+        so rounding does not accumulate over blocks); the branches run in the weights' dtype."""
+        dtype = self.norm1.weight.dtype
+        x = x + self.drop_path(self._attention(self.norm1(x.to(dtype))))
+        return x + self.drop_path(self.mlp(self.norm2(x.to(dtype))))
 
 
 class ImageEncoderViT(nn.Module):
@@ -178,7 +182,7 @@ class ImageEncoderViT(nn.Module):
         self.pos_embed: Optional[nn.Parameter] = None
         if c.use_abs_pos:
             self.pos_embed = nn.Parameter(torch.zeros(1, c.grid_size, c.grid_size, c.embed_dim))
-        rates = torch.linspace(0, c.drop_path_rate, c.depth).tolist() if c.depth else []
+        rates = [c.drop_path_rate * i / max(c.depth - 1, 1) for i in range(c.depth)]  # stochastic depth ramp
         self.blocks = nn.ModuleList(
             Block(
                 dim=c.embed_dim,
@@ -200,9 +204,11 @@ class ImageEncoderViT(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.patch_embed(x)
+        """``B×3×S×S`` → ``B×out_chans×S/p×S/p``; the residual stream is float32 whatever the weights' dtype."""
+        dtype = self.patch_embed.proj.weight.dtype
+        x = self.patch_embed(x.to(dtype)).float()
         if self.pos_embed is not None:
-            x = x + self.pos_embed
+            x = x + self.pos_embed.float()
         for blk in self.blocks:
             x = blk(x)
-        return self.neck(x.permute(0, 3, 1, 2))
+        return self.neck(x.to(dtype).permute(0, 3, 1, 2))

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from promptseg.layers import MLP, LayerNorm2d, MLPBlock, attention
+from promptseg.layers import MLP, LayerNorm2d, MLPBlock
+from promptseg.layers.attention import attention
 
 
 class Attention(nn.Module):

@@ -1,0 +1,346 @@
+"""Checkpoint I/O: strict loading, safe reading of untrusted files, SAM config inference, the hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import promptseg
+from promptseg import CheckpointError, build_sam, load_model, load_sam, save_sam
+from promptseg.checkpoint import CONFIG_KEY, load_state_dict_strict, read_state_dict
+from promptseg.hub import NoDefaultModelError
+from promptseg.models.sam.config import SAM_PRESETS, SamConfig
+from promptseg.models.sam.weights import convert_checkpoint, infer_sam_config
+
+MARKER = "promptseg_pwned_marker.txt"
+
+
+class _Payload:
+    """Unpickling this object would create a marker file: proof that pickled code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+class _Arbitrary:
+    """A harmless custom class — still not allowed in a weights-only checkpoint."""
+
+    def __init__(self) -> None:
+        self.value = 3
+
+
+@pytest.fixture
+def small_model():
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+
+
+# ---------------------------------------------------------------------------------------------------
+# load_state_dict_strict
+
+
+def test_strict_load_accepts_an_exact_state_dict(small_model):
+    other = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    load_state_dict_strict(small_model, other.state_dict())
+    assert torch.equal(small_model[0].weight, other[0].weight)
+
+
+def test_strict_load_names_missing_unexpected_and_mismatched_keys(small_model):
+    state = dict(small_model.state_dict())
+    del state["2.bias"]
+    state["3.weight"] = torch.zeros(1)
+    state["0.weight"] = torch.zeros(5, 3)
+    before = small_model[0].weight.clone()
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict_strict(small_model, state, source="my.pth")
+    message = str(info.value)
+    assert "my.pth" in message
+    assert "missing" in message and "2.bias" in message
+    assert "unexpected" in message and "3.weight" in message
+    assert "shape" in message and "0.weight" in message and "(5, 3)" in message and "(4, 3)" in message
+    assert torch.equal(small_model[0].weight, before)  # nothing loaded
+
+
+@pytest.mark.parametrize("problem", ["missing", "unexpected", "shape"])
+def test_strict_load_each_problem_alone(small_model, problem):
+    state = dict(small_model.state_dict())
+    if problem == "missing":
+        state.pop("0.bias")
+        key = "0.bias"
+    elif problem == "unexpected":
+        state["extra.weight"] = torch.zeros(2)
+        key = "extra.weight"
+    else:
+        state["2.weight"] = torch.zeros(2, 5)
+        key = "2.weight"
+    with pytest.raises(CheckpointError, match=problem) as info:
+        load_state_dict_strict(small_model, state)
+    assert key in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_strict_load_into_sam_names_the_keys(tiny_sam):
+    state = dict(tiny_sam.state_dict())
+    state.pop("mask_decoder.iou_token.weight")
+    state["image_encoder.blocks.0.attn.rel_pos_h"] = torch.zeros(3, 3)
+    with pytest.raises(CheckpointError, match="mask_decoder.iou_token.weight") as info:
+        load_state_dict_strict(build_sam(tiny_sam.config), state)
+    assert "image_encoder.blocks.0.attn.rel_pos_h" in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# read_state_dict: untrusted files never execute code
+
+
+def test_random_bytes_raise_checkpoint_error(tmp_path):
+    path = tmp_path / "random.pth"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(CheckpointError, match="random.pth"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5])
+def test_truncated_checkpoint_raises_checkpoint_error(tmp_path, small_model, fraction):
+    path = tmp_path / "truncated.pth"
+    torch.save(small_model.state_dict(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(CheckpointError, match="truncated.pth"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize("fraction", [0.9, 0.99])
+def test_checkpoint_truncated_near_the_end_raises_checkpoint_error(tmp_path, fraction):
+    path = tmp_path / "truncated.pth"
+    torch.save({"weight": torch.randn(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(CheckpointError, match="truncated.pth"):
+        read_state_dict(path)
+
+
+def test_text_file_raises_checkpoint_error(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("hello world\n")
+    with pytest.raises(CheckpointError, match="notes.pth"):
+        read_state_dict(path)
+
+
+def test_empty_file_raises_checkpoint_error(tmp_path):
+    path = tmp_path / "empty.pth"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError):
+        read_state_dict(path)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("how", ["torch.save", "raw_pickle", "nested"])
+def test_malicious_pickle_is_refused_and_never_executed(tmp_path, monkeypatch, how):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / MARKER
+    payload = _Payload(str(marker))
+    path = tmp_path / "evil.pth"
+    if how == "torch.save":
+        torch.save(payload, path)
+    elif how == "raw_pickle":
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save({"model": {"weight": torch.zeros(2)}, "extra": payload}, path)
+    assert not marker.exists()  # pickling itself does not run the payload
+    with pytest.raises(CheckpointError, match="evil.pth"):
+        read_state_dict(path)
+    assert not marker.exists(), "unpickling executed code from the checkpoint"
+    with pytest.raises(CheckpointError):
+        load_sam(path)
+    assert not marker.exists()
+
+
+def test_arbitrary_class_is_refused(tmp_path):
+    path = tmp_path / "custom.pth"
+    torch.save({"weight": torch.zeros(2), "obj": _Arbitrary()}, path)
+    with pytest.raises(CheckpointError, match="custom.pth"):
+        read_state_dict(path)
+
+
+def test_non_tensor_values_are_refused(tmp_path):
+    path = tmp_path / "mixed.pth"
+    torch.save({"weight": torch.zeros(2), "epoch": 3}, path)
+    with pytest.raises(CheckpointError, match="state dict"):
+        read_state_dict(path)
+    path2 = tmp_path / "list.pth"
+    torch.save([torch.zeros(2)], path2)
+    with pytest.raises(CheckpointError, match="state dict"):
+        read_state_dict(path2)
+
+
+def test_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_state_dict(tmp_path / "nope.pth")
+    with pytest.raises(FileNotFoundError):
+        load_sam(tmp_path / "nope.safetensors")
+
+
+def test_corrupt_safetensors_raise_checkpoint_error(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(os.urandom(1000))
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize("wrapper", ["model", "state_dict", None])
+def test_plain_and_wrapped_state_dicts(tmp_path, small_model, wrapper):
+    state = small_model.state_dict()
+    obj = state if wrapper is None else {wrapper: state, "epoch": 7, "optimizer": {"lr": 0.1}}
+    path = tmp_path / "ckpt.pth"
+    torch.save(obj, path)
+    loaded, config = read_state_dict(path)
+    assert config is None
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+def test_wrapped_official_layout_loads_a_sam(tmp_path, tiny_pair):
+    ref, ours = tiny_pair
+    path = tmp_path / "train.pth"
+    torch.save({"model": ref.state_dict(), "epoch": 1}, path)
+    model = load_sam(path, config=ours.config)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ours.state_dict().items())
+
+
+# ---------------------------------------------------------------------------------------------------
+# promptseg's safetensors format
+
+
+def test_save_sam_embeds_the_config(tmp_path, tiny_sam):
+    from safetensors import safe_open
+
+    path = tmp_path / "m.safetensors"
+    save_sam(tiny_sam, path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    assert SamConfig.from_dict(json.loads(metadata[CONFIG_KEY])) == tiny_sam.config
+    state, config = read_state_dict(path)
+    assert SamConfig.from_dict(config) == tiny_sam.config
+    assert all(torch.equal(state[k], v) for k, v in tiny_sam.state_dict().items())
+    assert not [p for p in tmp_path.iterdir() if p.name != "m.safetensors"]  # no temporary file left
+
+
+def test_load_sam_device_and_dtype(tmp_path, tiny_sam):
+    path = tmp_path / "m.safetensors"
+    save_sam(tiny_sam, path)
+    model = load_sam(path, dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    # saved back as float32
+    save_sam(model, tmp_path / "bf16.safetensors")
+    state, _ = read_state_dict(tmp_path / "bf16.safetensors")
+    assert all(v.dtype == torch.float32 for v in state.values())
+
+
+def test_convert_checkpoint(tmp_path, tiny_pair):
+    ref, ours = tiny_pair
+    src, dst = tmp_path / "official.pth", tmp_path / "converted.safetensors"
+    torch.save(ref.state_dict(), src)
+    config = convert_checkpoint(src, dst, config=ours.config)
+    assert config == ours.config
+    model = load_sam(dst)  # the config comes from the file
+    assert model.config == ours.config
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ours.state_dict().items())
+
+
+def test_save_sam_requires_a_config(tiny_pair, tmp_path):
+    model = build_sam(tiny_pair[1].config)
+    model.config = None
+    with pytest.raises(ValueError, match="config"):
+        save_sam(model, tmp_path / "unused.safetensors")
+    assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------------
+# infer_sam_config
+
+
+def test_infer_tiny_config(helpers):
+    import dataclasses
+
+    base = helpers.TINY_CONFIG
+    config = dataclasses.replace(base, mask_decoder=dataclasses.replace(base.mask_decoder, num_heads=8))
+    ref, _ = helpers.make_pair(config, seed=3)
+    assert infer_sam_config(ref.state_dict()) == config
+
+
+@pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h"])
+def test_infer_official_configs(name):
+    """The official architectures (built on the meta device: shapes only) are recognised exactly."""
+    import segment_anything
+
+    with torch.device("meta"):
+        ref = segment_anything.sam_model_registry[name]()
+    assert infer_sam_config(ref.state_dict()) == SAM_PRESETS[name]
+
+
+def test_infer_config_of_a_non_sam_state_dict():
+    with pytest.raises(CheckpointError, match="not a SAM checkpoint"):
+        infer_sam_config({"weight": torch.zeros(2)})
+
+
+def test_load_sam_of_a_non_sam_checkpoint(tmp_path, small_model):
+    path = tmp_path / "other.pth"
+    torch.save(small_model.state_dict(), path)
+    with pytest.raises(CheckpointError):
+        load_sam(path)
+
+
+def test_build_sam_with_a_checkpoint_of_another_architecture(tmp_path, tiny_pair):
+    path = tmp_path / "tiny.pth"
+    torch.save(tiny_pair[0].state_dict(), path)
+    with pytest.raises(CheckpointError, match="shape"):
+        promptseg.sam_model_registry["vit_b"](checkpoint=path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# hub
+
+
+def test_load_model_without_a_bundled_model(monkeypatch):
+    import promptseg.hub as hub
+
+    monkeypatch.setattr(hub, "default_model_path", lambda: None)
+    with pytest.raises(NoDefaultModelError, match="checkpoint") as info:
+        load_model()
+    assert isinstance(info.value, FileNotFoundError)
+    with pytest.raises(NoDefaultModelError):
+        load_model(None)
+
+
+def test_this_build_bundles_no_default_model():
+    import promptseg.hub as hub
+
+    if hub.default_model_path() is not None:
+        pytest.skip("a default model is bundled")
+    with pytest.raises(NoDefaultModelError, match="checkpoint"):
+        load_model()
+
+
+def test_load_model_from_a_checkpoint(tmp_path, tiny_sam):
+    path = tmp_path / "m.safetensors"
+    save_sam(tiny_sam, path)
+    model = load_model(path)
+    assert model.config == tiny_sam.config
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in tiny_sam.state_dict().items())
+    assert load_model(str(path), dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_bundled_default_model_is_used(tmp_path, tiny_sam, monkeypatch):
+    import promptseg.hub as hub
+
+    path = tmp_path / "sam_default.safetensors"
+    save_sam(tiny_sam, path)
+    monkeypatch.setattr(hub, "default_model_path", lambda: Path(path))
+    assert load_model().config == tiny_sam.config
