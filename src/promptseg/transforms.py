@@ -126,7 +126,7 @@ def postprocess_masks(masks: Tensor, input_size: Size, original_size: Size, img_
         masks = F.interpolate(masks, (img_size, img_size), mode="bilinear", align_corners=False)
     masks = masks[..., : input_size[0], : input_size[1]]
     if tuple(input_size) == tuple(original_size):
-        return masks.contiguous()
+        return masks
     return F.interpolate(masks.contiguous(), tuple(original_size), mode="bilinear", align_corners=False)
 
 

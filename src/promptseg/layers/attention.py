@@ -49,6 +49,8 @@ AttentionFn = Callable[[Tensor, Tensor, Tensor, Bias, float], Tensor]
 
 # Scores per block of the blocked decomposed-bias path: 1 Mi elements (4 MiB in float32) — about L2.
 _BLOCK_ELEMENTS = 1 << 20
+# Key count up to which many-query attention uses the transposed formulation.
+_FEW_KEYS = 32
 
 _BACKENDS: dict[str, AttentionFn] = {}
 _state = threading.local()
@@ -79,9 +81,21 @@ def eager_attention(q: Tensor, k: Tensor, v: Tensor, bias: Bias, scale: float) -
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, bias: Bias, scale: float) -> Tensor:
     if isinstance(bias, DecomposedBias):
         return _sdpa_decomposed(q, k, v, bias, scale)
+    if bias is None and k.shape[-2] <= _FEW_KEYS and q.shape[-2] >= 16 * k.shape[-2]:
+        return _few_keys_attention(q, k, v, scale)
     if bias is not None and bias.dtype != q.dtype:
         bias = bias.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+
+def _few_keys_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """Many queries, a handful of keys (SAM's image→token attention: 4096 × ~7).
+
+    Scores are computed transposed (``keys × queries``) so the softmax runs over a short leading axis
+    with the long query axis contiguous — ~3× faster on CPU than the fused kernel for this shape.
+    """
+    scores_t = (k * scale) @ q.transpose(-2, -1)
+    return scores_t.softmax(dim=-2).transpose(-2, -1) @ v
 
 
 def _sdpa_decomposed(q: Tensor, k: Tensor, v: Tensor, bias: DecomposedBias, scale: float) -> Tensor:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from promptseg.layers import MLP, LayerNorm2d, MLPBlock
-from promptseg.layers.attention import attention
+from promptseg.layers.attention import attention, get_attention_backend
 
 
 class Attention(nn.Module):
@@ -59,6 +59,85 @@ class Attention(nn.Module):
             out = attention(q.expand(b, -1, -1, -1), k, v, None, scale)
         n = out.shape[2]
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+    def cross(
+        self,
+        q_in: Tensor,
+        k_in: Tensor,
+        v_in: Tensor,
+        q: Optional[Tensor] = None,
+        kv: Optional[Tuple[Tensor, Tensor]] = None,
+    ) -> Tensor:
+        """Cross-attention between prompt tokens and image tokens, ``B×N×D`` inputs → ``B×Nq×D``.
+
+        Either side may have batch 1 (shared by all prompts). ``q``/``kv`` are precomputed head-split
+        projections of ``q_in``/``k_in, v_in``. The eager backend computes the reference formulation;
+        the fast backends re-associate the products when one side has only a few tokens (exact
+        algebra, see :meth:`_few_queries` and :meth:`_few_keys`).
+        """
+        if get_attention_backend() != "eager":
+            few = self.internal_dim // self.num_heads  # fewer tokens per head than this: re-associate
+            if kv is None and q_in.shape[1] < few:
+                return self._few_queries(q_in, k_in, v_in)
+            if k_in.shape[1] < few:
+                return self._few_keys(q_in, k_in, v_in, q)
+        q = q if q is not None else self.heads(self.q_proj(q_in))
+        k, v = kv if kv is not None else (self.heads(self.k_proj(k_in)), self.heads(self.v_proj(v_in)))
+        return self.attend(q, k, v)
+
+    def _split_weight(self, linear: nn.Linear) -> Tensor:
+        """``internal×D`` projection weight → per-head ``H×d×D``."""
+        return linear.weight.view(self.num_heads, -1, self.embedding_dim)
+
+    def _few_queries(self, q_in: Tensor, k_in: Tensor, v_in: Tensor) -> Tensor:
+        """Few queries (prompt tokens) over many keys (image tokens), without projecting the keys.
+
+        ``q·(W_k x + b_k) = (W_kᵀ q)·x + q·b_k``: each head's query is mapped into the input space and
+        scored against the raw image tokens; ``q·b_k`` is constant over keys and cancels in the
+        softmax. Likewise ``Σ p (W_v x + b_v) = W_v (Σ p x) + b_v`` since the weights sum to 1. For
+        7 tokens × 8 heads this costs 2·56·D·Nk instead of 2·D·(D/2)·Nk multiply-adds.
+        """
+        h = self.num_heads
+        qh = self.heads(self.q_proj(q_in)) * (1.0 / math.sqrt(self.internal_dim // h))
+        b, _, nq, _ = qh.shape
+        rows = torch.einsum("bhnd,hdc->bhnc", qh, self._split_weight(self.k_proj)).reshape(b, h * nq, -1)
+        if k_in.shape[0] == 1 and b > 1:  # shared image tokens: stack all prompts' rows
+            rows = rows.reshape(1, b * h * nq, -1)
+        context = ((rows @ k_in.transpose(1, 2)).softmax(dim=-1) @ v_in).view(b, h, nq, -1)
+        out = torch.einsum("bhnc,hdc->bhnd", context, self._split_weight(self.v_proj))
+        out = out + self.v_proj.bias.view(h, 1, -1)
+        return self.out_proj(out.transpose(1, 2).reshape(b, nq, -1))
+
+    def _few_keys(self, q_in: Tensor, k_in: Tensor, v_in: Tensor, q: Optional[Tensor] = None) -> Tensor:
+        """Many queries (image tokens) over few keys (prompt tokens), without projecting the queries.
+
+        Scores are ``x·(W_qᵀ k) + b_q·k`` per head (or from a precomputed ``q``), laid out keys × queries
+        so the softmax runs over the short axis; the output projection is folded into the values
+        (``W_o Σ p v = Σ p (W_o v)``), so no per-image-token projection is left.
+        """
+        h = self.num_heads
+        scale = 1.0 / math.sqrt(self.internal_dim // h)
+        kh = self.heads(self.k_proj(k_in)) * scale
+        vh = self.heads(self.v_proj(v_in))
+        b, _, nk, _ = kh.shape
+        nq = q_in.shape[1]
+        if q is not None:  # projected queries H×Nq×d: scores per head
+            if q.shape[0] == 1 and b > 1:
+                scores = (kh.transpose(0, 1).reshape(h, b * nk, -1) @ q[0].transpose(1, 2)).view(h, b, nk, nq).transpose(0, 1)
+            else:
+                scores = kh @ q.transpose(-2, -1)
+        else:
+            cols = torch.einsum("bhnd,hdc->bhnc", kh, self._split_weight(self.q_proj))
+            col_bias = torch.einsum("bhnd,hd->bhn", kh, self.q_proj.bias.view(h, -1))
+            if q_in.shape[0] == 1 and b > 1:
+                scores = (cols.reshape(1, b * h * nk, -1) @ q_in.transpose(1, 2)).view(b, h, nk, nq)
+            else:
+                scores = (cols.reshape(b, h * nk, -1) @ q_in.transpose(1, 2)).view(b, h, nk, nq)
+            scores = scores + col_bias[..., None]
+        weights = scores.softmax(dim=2).reshape(b, h * nk, nq)
+        wo = self.out_proj.weight.view(self.embedding_dim, h, -1)
+        values = torch.einsum("bhkd,chd->bhkc", vh, wo).reshape(b, h * nk, -1)
+        return weights.transpose(1, 2) @ values + self.out_proj.bias
 
 
 class ImageKeys(NamedTuple):
@@ -120,13 +199,13 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        image = image if image is not None else self.image_keys(keys, key_pe)
         t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
-        queries = self.norm2(queries + t2i.attend(t2i.heads(t2i.q_proj(queries + query_pe)), image.t2i_k, image.t2i_v))
+        keys_pe = image.keys_pe if image is not None else keys + key_pe
+        kv = (image.t2i_k, image.t2i_v) if image is not None else None
+        queries = self.norm2(queries + t2i.cross(queries + query_pe, keys_pe, keys, kv=kv))
         queries = self.norm3(queries + self.mlp(queries))
-        tokens_pe = queries + query_pe
-        update = i2t.attend(image.i2t_q, i2t.heads(i2t.k_proj(tokens_pe)), i2t.heads(i2t.v_proj(queries)))
-        return queries, self.norm4(image.keys + update)
+        update = i2t.cross(keys_pe, queries + query_pe, queries, q=image.i2t_q if image is not None else None)
+        return queries, self.norm4(keys + update)
 
 
 class TwoWayTransformer(nn.Module):
@@ -187,9 +266,7 @@ class TwoWayTransformer(nn.Module):
         queries, keys = point_embedding, image_keys.keys
         for i, layer in enumerate(self.layers):
             queries, keys = layer(queries, keys, point_embedding, key_pe, image_keys if i == 0 else None)
-        attn = self.final_attn_token_to_image
-        q, k, v = attn.q_proj(queries + point_embedding), attn.k_proj(keys + key_pe), attn.v_proj(keys)
-        attn_out = attn.attend(attn.heads(q), attn.heads(k), attn.heads(v))
+        attn_out = self.final_attn_token_to_image.cross(queries + point_embedding, keys + key_pe, keys)
         return self.norm_final_attn(queries + attn_out), keys
 
 

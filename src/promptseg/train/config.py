@@ -1,0 +1,213 @@
+"""Typed training configuration, read from JSON (``promptseg train CONFIG.json``).
+
+Every level rejects unknown keys: a typo is an error, never a silently ignored option. The defaults
+are the paper's recipe for ViT-H (segment-anything.txt §A "Training recipe"): AdamW β (0.9, 0.999),
+lr 8e-4, weight decay 0.1, drop path 0.4, layer decay 0.8, 250 warmup iterations, ×0.1 at 60k and
+86 666 of 90k iterations; 11 prompt rounds per mask (§3, §A "Training algorithm"); up to 64 masks per
+GPU, masks covering more than 90 % of the image discarded. For ViT-B the paper uses lr 8e-4, ld 0.6,
+dp 0.6 and 180k iterations at batch 128; for ViT-L lr 4e-4, ld 0.8, dp 0.4.
+
+The global batch is ``batch_size × grad_accum × world_size`` images (the paper: 256 = 1 × 1 × 256).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+MODES = ("full", "decoder", "decoder+prompt")
+LOSS_RESOLUTIONS = ("input", "low_res")
+
+
+def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown key(s) in {where}: {unknown}; expected some of {sorted(names)}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which SAM to train: a ``preset`` (``vit_b``/``vit_l``/``vit_h``) or a full ``config`` (a
+    :class:`~promptseg.models.sam.config.SamConfig` as a dict), and/or an initial ``checkpoint``
+    (official ``.pth`` or promptseg ``.safetensors``, loaded with :func:`promptseg.load_sam`; its
+    architecture is taken from the file when neither preset nor config is given)."""
+
+    preset: Optional[str] = None
+    config: Optional[Dict[str, Any]] = None
+    checkpoint: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.preset is not None and self.config is not None:
+            raise ValueError("model: give either 'preset' or 'config', not both")
+        if self.preset is None and self.config is None and self.checkpoint is None:
+            raise ValueError("model: give a 'preset', a 'config' or a 'checkpoint'")
+        if self.preset is not None:
+            from promptseg.models.sam.config import SAM_PRESETS
+
+            if self.preset not in SAM_PRESETS:
+                raise ValueError(f"model.preset: unknown preset {self.preset!r}; choose one of {sorted(SAM_PRESETS)}")
+        if self.config is not None:
+            self.sam_config()  # validate now (unknown keys, inconsistent widths)
+
+    def sam_config(self) -> Any:
+        """The :class:`SamConfig` named by ``preset``/``config`` (None: take it from the checkpoint)."""
+        from promptseg.models.sam.config import SAM_PRESETS, SamConfig
+
+        if self.preset is not None:
+            return SAM_PRESETS[self.preset]
+        if self.config is not None:
+            return SamConfig.from_dict(self.config)
+        return None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """``{"type": NAME, ...options}``: NAME is registered with
+    :func:`promptseg.train.datasets.register_dataset`; the options are its factory's keyword arguments."""
+
+    type: str
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "dataset") -> "DatasetSpec":
+        if not isinstance(data, Mapping) or "type" not in data:
+            raise ValueError(f"{where} must be a JSON object with a 'type' key")
+        from promptseg.train.datasets import check_dataset_options
+
+        options = {k: v for k, v in data.items() if k != "type"}
+        check_dataset_options(str(data["type"]), options, where)
+        return cls(type=str(data["type"]), options=options)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"type": self.type, **self.options}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelSpec
+    dataset: DatasetSpec
+    #: "full" trains everything; "decoder" freezes image encoder + prompt encoder; "decoder+prompt"
+    #: freezes the image encoder only. Frozen parts run in eval mode (no drop path).
+    mode: str = "full"
+    out_dir: str = "runs/sam"
+    #: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", …
+    device: str = "auto"
+    seed: int = 0
+
+    # data
+    batch_size: int = 1  # images per process and micro-step
+    masks_per_image: int = 64  # at most this many GT masks, sampled at random, per image
+    max_mask_area: float = 0.9  # discard masks covering more than this fraction of the image (§A)
+    shuffle: bool = True
+    num_workers: int = 0
+
+    # prompt simulation (§A "Training algorithm")
+    rounds: int = 11
+    points_per_round: int = 1
+    box_probability: float = 0.5
+    box_noise_std: float = 0.1
+    box_noise_max: float = 20.0
+    detach_mask_prompt: bool = True
+    loss_resolution: str = "input"
+
+    # losses (§A "Losses")
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+    # optimisation (§A "Training recipe")
+    lr: float = 8e-4
+    betas: Tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.1
+    layer_decay: float = 0.8
+    drop_path: Optional[float] = 0.4  # None: keep the model config's drop_path_rate
+    warmup: int = 250
+    milestones: Tuple[int, ...] = (60000, 86666)
+    lr_gamma: float = 0.1
+    max_steps: int = 90000
+    grad_accum: int = 1
+    clip_grad_norm: Optional[float] = None
+    bf16: bool = False
+
+    # bookkeeping
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3  # 0 keeps all
+    log_every: int = 10
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, message: str) -> None:
+            if not cond:
+                raise ValueError(message)
+
+        need(self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}")
+        need(self.loss_resolution in LOSS_RESOLUTIONS, f"loss_resolution must be one of {LOSS_RESOLUTIONS}")
+        for name in ("batch_size", "masks_per_image", "rounds", "points_per_round", "max_steps", "grad_accum",
+                     "checkpoint_every", "log_every"):
+            need(int(getattr(self, name)) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("num_workers", "warmup", "keep_checkpoints"):
+            need(int(getattr(self, name)) >= 0, f"{name} must be ≥ 0, got {getattr(self, name)}")
+        need(0.0 < self.max_mask_area <= 1.0, "max_mask_area must be in (0, 1]")
+        need(0.0 <= self.box_probability <= 1.0, "box_probability must be in [0, 1]")
+        need(self.lr > 0, "lr must be positive")
+        need(len(self.betas) == 2, "betas must be two numbers")
+        need(0.0 < self.layer_decay <= 1.0, "layer_decay must be in (0, 1]")
+        need(self.drop_path is None or 0.0 <= self.drop_path < 1.0, "drop_path must be in [0, 1)")
+        need(list(self.milestones) == sorted(self.milestones), "milestones must be increasing")
+        need(self.clip_grad_norm is None or self.clip_grad_norm > 0, "clip_grad_norm must be positive (or null)")
+
+    # ------------------------------------------------------------------------------------- (de)serialisation
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        _check_keys(cls, data, "train config")
+        for key in ("model", "dataset"):
+            if key not in data:
+                raise ValueError(f"train config: missing required key {key!r}")
+        kwargs = dict(data)
+        _check_keys(ModelSpec, kwargs["model"], "model")
+        kwargs["model"] = ModelSpec(**kwargs["model"])
+        kwargs["dataset"] = DatasetSpec.from_dict(kwargs["dataset"])
+        for key in ("betas", "milestones"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, path: Union[str, Path]) -> "TrainConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: invalid JSON: {err}") from err
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, DatasetSpec):
+                value = value.to_dict()
+            elif isinstance(value, ModelSpec):
+                value = {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
