@@ -1,0 +1,61 @@
+"""Pure helpers of the click protocols (§D.1 "Point sampling"): where a simulated user clicks.
+
+* First click: the point farthest from the object boundary — the maximum of the mask's interior
+  distance transform (the image border counts as boundary).
+* Next clicks: the point farthest from the boundary of the error region between ground truth and
+  prediction; positive (1) inside a false negative, negative (0) inside a false positive.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+
+def _distance_transform(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance of every foreground pixel to the nearest background pixel or image border."""
+    import cv2
+
+    padded = np.pad(mask.astype(np.uint8), 1)
+    return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+
+
+def center_point(mask: np.ndarray) -> Tuple[float, float]:
+    """``(x, y)`` of the maximum of the interior distance transform of the ``H×W`` bool ``mask``."""
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be H×W, got shape {mask.shape}")
+    if not mask.any():
+        raise ValueError("mask is empty: no point to click")
+    dist = _distance_transform(mask)
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return float(x), float(y)
+
+
+def next_click(pred: np.ndarray, gt: np.ndarray) -> Tuple[float, float, int] | None:
+    """The next simulated click ``(x, y, label)`` correcting ``pred`` towards ``gt``; None if they agree."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred {pred.shape} and gt {gt.shape} must have the same shape")
+    false_neg = gt & ~pred
+    false_pos = pred & ~gt
+    best = None
+    for error, label in ((false_neg, 1), (false_pos, 0)):
+        if error.any():
+            dist = _distance_transform(error)
+            idx = int(np.argmax(dist))
+            if best is None or dist.flat[idx] > best[0]:
+                y, x = np.unravel_index(idx, dist.shape)
+                best = (float(dist.flat[idx]), float(x), float(y), label)
+    return None if best is None else best[1:]
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two bool masks (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """Tight XYXY box of a bool mask with inclusive corners (``x1`` = last column), as SAM's tools use."""
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)

@@ -1,0 +1,103 @@
+"""Click protocols and metrics of promptseg.eval (§7.1, §D.1)."""
+
+import numpy as np
+import pytest
+
+from promptseg.eval import EvalConfig, center_point, evaluate, evaluate_mask, mask_iou, next_click, summarize
+from promptseg.eval.grabcut import grabcut_from_box
+from promptseg.eval.protocols import mask_box
+
+
+def rect(h=40, w=60, y0=10, y1=30, x0=20, x1=50):
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_center_point_is_farthest_from_boundary():
+    x, y = center_point(rect())
+    assert 29 <= x <= 40 and 19 <= y <= 20  # the plateau 10 px from the long sides of a 20×30 rectangle
+    l_shape = rect(y0=0, y1=40, x0=0, x1=10) | rect(y0=30, y1=40, x0=0, x1=60)
+    x, y = center_point(l_shape)
+    assert l_shape[int(y), int(x)]
+
+
+def test_center_point_counts_the_image_border_as_boundary():
+    full = np.ones((21, 21), bool)
+    assert center_point(full) == (10.0, 10.0)
+
+
+def test_center_point_errors():
+    with pytest.raises(ValueError, match="empty"):
+        center_point(np.zeros((5, 5), bool))
+    with pytest.raises(ValueError, match="H×W"):
+        center_point(np.zeros((2, 5, 5), bool))
+
+
+def test_next_click_labels_and_location():
+    gt = rect()
+    assert next_click(gt, gt) is None
+    pred = np.zeros_like(gt)
+    x, y, label = next_click(pred, gt)
+    assert label == 1 and gt[int(y), int(x)]
+    pred = gt | rect(y0=0, y1=40, x0=0, x1=15)  # large false positive on the left
+    x, y, label = next_click(pred, gt)
+    assert label == 0 and pred[int(y), int(x)] and not gt[int(y), int(x)]
+
+
+def test_mask_iou_and_box():
+    a, b = rect(x0=20, x1=40), rect(x0=30, x1=50)
+    assert mask_iou(a, b) == pytest.approx(10 / 30)
+    assert mask_iou(np.zeros((3, 3), bool), np.zeros((3, 3), bool)) == 1.0
+    assert mask_box(rect()).tolist() == [20, 10, 49, 29]
+
+
+class OraclePredictor:
+    """A predictor double that returns the ground truth: exercises the loop's bookkeeping."""
+
+    def __init__(self, gt):
+        self.gt = gt
+
+    def set_image(self, image):
+        pass
+
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=True):
+        n = 3 if multimask_output else 1
+        masks = np.repeat(self.gt[None], n, 0)
+        return masks, np.linspace(0.9, 0.8, n), np.zeros((n, 8, 8), np.float32)
+
+
+def test_perfect_predictor_needs_one_click():
+    gt = rect()
+    image = np.zeros((*gt.shape, 3), np.uint8)
+    rec = evaluate_mask(OraclePredictor(gt), image, gt, EvalConfig(grabcut=False))
+    assert rec["point_top1"] == rec["box"] == 1.0
+    assert rec["noc@85"] == rec["noc@90"] == 1
+    assert len(rec["clicks_iou"]) == 20
+
+
+def test_grabcut_finds_a_contrasting_object():
+    rng = np.random.default_rng(0)
+    image = (rng.random((80, 80, 3)) * 60).astype(np.uint8)
+    gt = np.zeros((80, 80), bool)
+    gt[20:60, 25:55] = True
+    image[gt] = (220, 40, 30)
+    pred = grabcut_from_box(image, np.array([15, 12, 65, 68]))
+    assert mask_iou(pred, gt) > 0.9
+
+
+def test_evaluate_with_a_real_model(tiny_sam):
+    from promptseg import SamPredictor
+
+    gt = rect(h=100, w=160, y0=20, y1=70, x0=30, x1=110)
+    image = np.zeros((100, 160, 3), np.uint8)
+    image[gt] = 200
+    summary, records = evaluate(SamPredictor(tiny_sam), [{"image": image, "masks": gt[None], "image_id": "a"}],
+                                EvalConfig(max_clicks=5), progress=False)
+    assert summary["masks"] == 1 and len(records[0]["clicks_iou"]) == 5
+    for key in ("miou/point_top1", "miou/point_oracle", "miou/box", "miou/grabcut_box", "noc@85", "noc@90"):
+        assert key in summary
+    assert summary["miou/point_oracle"] >= summary["miou/point_top1"]
+    assert 1 <= summary["noc@90"] <= 5
+    with pytest.raises(ValueError, match="no masks"):
+        summarize([])

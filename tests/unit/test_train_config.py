@@ -1,0 +1,83 @@
+"""TrainConfig: JSON in, typed config out; unknown keys are errors at every level."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from promptseg.train.config import TrainConfig
+from promptseg.train.datasets import SyntheticShapes, build_dataset, register_dataset
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.json"))
+MINIMAL = {"model": {"preset": "vit_b"}, "dataset": {"type": "synthetic-shapes", "num_images": 4}}
+
+
+def test_minimal_config_has_the_paper_defaults():
+    cfg = TrainConfig.from_dict(MINIMAL)
+    assert cfg.lr == 8e-4 and cfg.betas == (0.9, 0.999) and cfg.weight_decay == 0.1
+    assert cfg.drop_path == 0.4 and cfg.layer_decay == 0.8 and cfg.warmup == 250
+    assert cfg.milestones == (60000, 86666) and cfg.max_steps == 90000 and cfg.rounds == 11
+    assert cfg.masks_per_image == 64 and cfg.max_mask_area == 0.9 and cfg.mode == "full"
+    assert cfg.dataset.options == {"num_images": 4}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"learning_rate": 1e-3}, "unknown key"),
+        ({"model": {"preset": "vit_b", "weights": "x"}}, "unknown key"),
+        ({"model": {"config": {"image_encoder": {"depht": 2}}}}, "unknown key"),
+        ({"dataset": {"type": "synthetic-shapes", "num_imgs": 3}}, "num_imgs"),
+        ({"dataset": {"type": "no-such-dataset"}}, "unknown dataset type"),
+        ({"mode": "encoder"}, "mode"),
+        ({"loss_resolution": "full"}, "loss_resolution"),
+        ({"grad_accum": 0}, "grad_accum"),
+        ({"milestones": [10, 5]}, "milestones"),
+        ({"model": {"preset": "vit_x"}}, "preset"),
+        ({"model": {}}, "preset"),
+    ],
+)
+def test_invalid_configs_are_rejected(change, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict({**MINIMAL, **change})
+
+
+def test_missing_required_keys():
+    with pytest.raises(ValueError, match="dataset"):
+        TrainConfig.from_dict({"model": {"preset": "vit_b"}})
+
+
+def test_round_trip_through_json(tmp_path):
+    cfg = TrainConfig.from_dict({**MINIMAL, "milestones": [5, 9], "bf16": True, "mode": "decoder"})
+    path = tmp_path / "c.json"
+    path.write_text(cfg.to_json())
+    assert TrainConfig.from_json(path) == cfg
+
+
+def test_from_json_names_the_file(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({**MINIMAL, "lr_rate": 1}))
+    with pytest.raises(ValueError, match="bad.json"):
+        TrainConfig.from_json(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        TrainConfig.from_json(path)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_parse(path):
+    cfg = TrainConfig.from_json(path)
+    assert cfg.max_steps >= 1
+
+
+def test_dataset_registry():
+    register_dataset("test-registry-shapes", lambda n=2: SyntheticShapes(num_images=n), overwrite=True)
+    ds = build_dataset("test-registry-shapes", {"n": 3})
+    assert len(ds) == 3
+    item = ds[0]
+    assert item["image"].dtype.name == "uint8" and item["image"].shape == (48, 64, 3)
+    assert item["masks"].dtype == bool and item["masks"].shape[1:] == (48, 64) and len(item["masks"]) >= 1
+    with pytest.raises(ValueError, match="already registered"):
+        register_dataset("synthetic-shapes", SyntheticShapes)
