@@ -15,6 +15,7 @@ and exits with status 2 — never a traceback. Heavy modules (torch) are importe
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -81,6 +82,9 @@ def _add_model_options(p: argparse.ArgumentParser, checkpoint_help: str) -> None
     p.add_argument("--checkpoint", metavar="CKPT", help=checkpoint_help)
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="model precision (default: float32)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+
+
+SUBCOMMAND_MODULES = ("promptseg.data.cli", "promptseg.train.cli", "promptseg.eval.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory (default: ./promptseg-demo)")
     _add_model_options(p, "SAM checkpoint: official .pth or promptseg .safetensors (default: the bundled model)")
     p.set_defaults(func=cmd_demo)
+
+    for module in SUBCOMMAND_MODULES:  # data, train, eval: each registers its own sub-command
+        importlib.import_module(module).register(sub)
     return parser
 
 

@@ -126,3 +126,20 @@ def test_low_res_logits_are_upsampled_to_the_target():
 def test_shape_errors():
     with pytest.raises(ValueError):
         SamLoss()(torch.zeros(1, 4, 8, 8), torch.zeros(1, 3), torch.zeros(1, 8, 8, dtype=torch.bool))
+
+
+def test_recomputed_loss_has_identical_values_and_gradients():
+    torch.manual_seed(1)
+    gt = torch.rand(3, 32, 32) > 0.7
+    valid = torch.ones(3, 32, 32, dtype=torch.bool)
+    valid[:, 24:] = False
+    base = torch.randn(3, 4, 8, 8)
+    results = []
+    for recompute in (False, True):
+        logits = base.clone().requires_grad_(True)
+        iou = torch.rand(3, 4, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+        out = SamLoss(recompute=recompute)(logits, iou, gt, valid, multimask_output=True)
+        out.loss.backward()
+        results.append((out.loss.detach(), out.selected, logits.grad, iou.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

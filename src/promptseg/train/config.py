@@ -114,7 +114,8 @@ class TrainConfig:
     box_noise_std: float = 0.1
     box_noise_max: float = 20.0
     detach_mask_prompt: bool = True
-    loss_resolution: str = "input"
+    loss_resolution: str = "input"  # "input": logits upsampled to img_size²; "low_res": GT downsampled
+    recompute_loss: bool = True  # recompute the full-size loss maps in backward (memory ↓, same numbers)
 
     # losses (§A "Losses")
     focal_weight: float = 20.0

@@ -9,13 +9,18 @@ A config names its dataset ``{"type": NAME, ...options}``; ``register_dataset(NA
 ``factory(**options)`` available. Built in:
 
 * ``"synthetic-shapes"`` — :class:`SyntheticShapes`, random ellipses and rectangles (tests, debugging);
-* ``"sa1b"`` — ``promptseg.data.SA1BDataset(**options)``, imported when first used.
+* ``"sa1b"`` — :class:`promptseg.data.SA1BDataset` (``root``: one folder or a list, concatenated;
+  also what ``promptseg.data.synth`` writes);
+* ``"coco"`` — :class:`promptseg.data.CocoInstancesDataset` (``images_dir``, ``annotations_json``);
+* ``"folder"`` — :class:`promptseg.data.MaskFolderDataset` (``images_dir``, ``masks_dir``).
+
+The readers of :mod:`promptseg.data` are imported only when a dataset is built.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -105,13 +110,41 @@ class SyntheticShapes:
         return self.items[index]
 
 
-def _sa1b(**options: Any) -> Any:
-    try:
-        from promptseg.data import SA1BDataset  # type: ignore[attr-defined]
-    except ImportError as err:  # pragma: no cover - depends on the installed package version
-        raise ValueError("dataset type 'sa1b' needs promptseg.data.SA1BDataset, which is not available") from err
-    return SA1BDataset(**options)
+def _concat(parts: List[Any]) -> Any:
+    if len(parts) == 1:
+        return parts[0]
+    from torch.utils.data import ConcatDataset
+
+    return ConcatDataset(parts)
+
+
+def _paths(value: Union[str, Sequence[str]]) -> List[str]:
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def sa1b(root: Union[str, Sequence[str]], pattern: str = "sa_*.json", min_area: int = 0) -> Any:
+    """``promptseg.data.SA1BDataset`` over one folder or several (concatenated): ``sa_N.jpg`` + ``sa_N.json``."""
+    from promptseg.data.sa1b import SA1BDataset
+
+    return _concat([SA1BDataset(r, pattern=pattern, min_area=min_area) for r in _paths(root)])
+
+
+def coco(images_dir: str, annotations_json: str, include_crowd: bool = False, min_area: int = 0) -> Any:
+    """``promptseg.data.CocoInstancesDataset`` (images without annotations are skipped)."""
+    from promptseg.data.coco import CocoInstancesDataset
+
+    return CocoInstancesDataset(images_dir, annotations_json, include_crowd=include_crowd, skip_empty=True,
+                                min_area=min_area)
+
+
+def folder(images_dir: str, masks_dir: str, min_area: int = 0) -> Any:
+    """``promptseg.data.MaskFolderDataset``: an image folder plus binary-mask or label PNGs."""
+    from promptseg.data.folder import MaskFolderDataset
+
+    return MaskFolderDataset(images_dir, masks_dir, min_area=min_area)
 
 
 register_dataset("synthetic-shapes", SyntheticShapes)
-register_dataset("sa1b", _sa1b)
+register_dataset("sa1b", sa1b)
+register_dataset("coco", coco)
+register_dataset("folder", folder)

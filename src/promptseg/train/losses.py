@@ -21,11 +21,12 @@ target given at the low resolution skips the upsampling (the trainer's ``loss_re
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 def _pixel_mean(values: Tensor, valid: Optional[Tensor]) -> Tensor:
@@ -123,6 +124,7 @@ class SamLoss(nn.Module):
         iou_weight: float = 1.0,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        recompute: bool = False,
     ) -> None:
         super().__init__()
         self.focal_weight = focal_weight
@@ -130,6 +132,20 @@ class SamLoss(nn.Module):
         self.iou_weight = iou_weight
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        #: Recompute the upsampled logits and per-pixel terms in the backward pass instead of keeping
+        #: them (activation checkpointing): at 1024² the saved intermediates of one round are ~8 float
+        #: maps per mask; with recomputation only the low-res logits are kept. Same values and gradients.
+        self.recompute = recompute
+
+    def _mask_terms(self, logits: Tensor, target: Tensor, valid: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Focal and dice of low-res candidate ``logits`` (``B×C×h×w``) vs ``target`` → ``B×C`` each."""
+        size = tuple(target.shape[-2:])
+        if tuple(logits.shape[-2:]) != size:
+            logits = F.interpolate(logits, size, mode="bilinear", align_corners=False)
+        gt = target[:, None]
+        mask_valid = valid[:, None] if valid is not None else None
+        focal = sigmoid_focal_loss(logits, gt, self.focal_alpha, self.focal_gamma, mask_valid)
+        return focal, dice_loss(logits, gt, mask_valid)
 
     def forward(
         self,
@@ -148,18 +164,17 @@ class SamLoss(nn.Module):
         candidates = slice(1, None) if multimask_output else slice(0, 1)
         logits = mask_logits[:, candidates].float()
         iou_pred = iou_predictions[:, candidates].float()
-        size = tuple(target.shape[-2:])
-        if tuple(logits.shape[-2:]) != size:
-            logits = F.interpolate(logits, size, mode="bilinear", align_corners=False)
-        gt = target[:, None]
-        mask_valid = valid[:, None] if valid is not None else None
-
-        focal = sigmoid_focal_loss(logits, gt, self.focal_alpha, self.focal_gamma, mask_valid)  # B×C
-        dice = dice_loss(logits, gt, mask_valid)  # B×C
+        if self.recompute and torch.is_grad_enabled() and logits.requires_grad:
+            focal, dice = checkpoint(self._mask_terms, logits, target, valid, use_reentrant=False)
+        else:
+            focal, dice = self._mask_terms(logits, target, valid)  # B×C each
         mask_loss = self.focal_weight * focal + self.dice_weight * dice
         best = mask_loss.detach().argmin(dim=1, keepdim=True)  # min over the candidates (§A)
 
-        actual_iou = iou_of(logits.detach(), gt, mask_valid)  # B×C, constant target
+        with torch.no_grad():  # constant regression target of the IoU head
+            size = tuple(target.shape[-2:])
+            full = logits if tuple(logits.shape[-2:]) == size else F.interpolate(logits, size, mode="bilinear", align_corners=False)
+            actual_iou = iou_of(full, target[:, None], valid[:, None] if valid is not None else None)  # B×C
         iou_mse = ((iou_pred - actual_iou) ** 2).mean(dim=1)  # every returned mask is ranked
         per_mask = mask_loss.gather(1, best).squeeze(1) + self.iou_weight * iou_mse
         return SamLossOutput(

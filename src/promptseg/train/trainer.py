@@ -131,10 +131,11 @@ class TrainSamples:
         image = image.cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"dataset item {index}: 'image' must be H×W×3 uint8, got {image.shape} {image.dtype}")
-        masks = torch.as_tensor(np.asarray(sample["masks"]) if not isinstance(sample["masks"], Tensor) else sample["masks"])
-        masks = masks.to(torch.bool).reshape(-1, *image.shape[:2]) if masks.numel() else masks.reshape(0, *image.shape[:2]).bool()
-        area = masks.flatten(1).float().mean(1)
-        keep = torch.nonzero((area > 0) & (area <= self.max_mask_area)).flatten()
+        raw = sample["masks"]
+        masks = (raw.cpu() if isinstance(raw, Tensor) else torch.from_numpy(np.asarray(raw))).to(torch.bool)
+        masks = masks.reshape(-1, *image.shape[:2])
+        area = torch.count_nonzero(masks.flatten(1), dim=1)  # no float copy of the full-size masks
+        keep = torch.nonzero((area > 0) & (area <= self.max_mask_area * masks.shape[1] * masks.shape[2])).flatten()
         if len(keep) > self.masks_per_image:
             rng = np.random.default_rng([self.seed, epoch, index])
             keep = keep[torch.from_numpy(rng.permutation(len(keep))[: self.masks_per_image])]
@@ -193,7 +194,8 @@ class SamTrainingModel(nn.Module):
         super().__init__()
         self.sam = sam
         self.criterion = criterion or SamLoss(
-            config.focal_weight, config.dice_weight, config.iou_weight, config.focal_alpha, config.focal_gamma
+            config.focal_weight, config.dice_weight, config.iou_weight, config.focal_alpha, config.focal_gamma,
+            recompute=config.recompute_loss,
         )
         self.rounds = config.rounds
         self.points_per_round = config.points_per_round
@@ -411,7 +413,6 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 self.module,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,
                 find_unused_parameters=config.rounds < 2,  # 1 round never uses the mask-prompt branch
             )
         self.optimizer = build_optimizer(self.sam, config.lr, config.weight_decay, config.layer_decay, config.betas)

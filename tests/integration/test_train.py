@@ -1,0 +1,162 @@
+"""End-to-end training of a tiny SAM on synthetic shapes: learning, exact resume, export, CLI, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from promptseg.train.config import TrainConfig
+from promptseg.train.trainer import Trainer, list_checkpoints, train
+
+#: img 64, patch 16 (4×4 grid), embed 32, depth 2, 2 heads, window 2, block 1 global; decoder 32/2 heads/MLP 64.
+TINY_MODEL = {
+    "image_encoder": {"img_size": 64, "patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 2,
+                      "out_chans": 32, "window_size": 2, "global_attn_indexes": [1]},
+    "prompt_encoder": {"embed_dim": 32, "mask_in_chans": 16},
+    "mask_decoder": {"transformer_dim": 32, "transformer_depth": 2, "num_heads": 2, "mlp_dim": 64,
+                     "iou_head_hidden_dim": 32},
+}
+
+
+def config_dict(out_dir: Path, **changes) -> dict:
+    data = {
+        "model": {"config": TINY_MODEL},
+        "dataset": {"type": "synthetic-shapes", "num_images": 6, "height": 48, "width": 64},
+        "out_dir": str(out_dir),
+        "device": "cpu",
+        "batch_size": 2,
+        "masks_per_image": 3,
+        "lr": 2e-3,
+        "warmup": 2,
+        "milestones": [3],
+        "drop_path": 0.2,
+        "max_steps": 4,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "progress": False,
+        "tensorboard": False,
+    }
+    data.update(changes)
+    return data
+
+
+def make_config(out_dir: Path, **changes) -> TrainConfig:
+    return TrainConfig.from_dict(config_dict(out_dir, **changes))
+
+
+def read_metrics(out_dir: Path) -> list:
+    with open(out_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_short_run_lowers_the_loss_and_exports_a_loadable_model(tmp_path):
+    from promptseg import load_sam
+
+    cfg = make_config(tmp_path, dataset={"type": "synthetic-shapes", "num_images": 1}, batch_size=1,
+                      masks_per_image=4, lr=4e-3, warmup=5, milestones=[1000], drop_path=0.0, max_steps=30,
+                      checkpoint_every=100)
+    trainer = Trainer(cfg)
+    result = trainer.train()
+    losses = [row["loss"] for row in result.history]
+    assert result.steps == 30 and len(losses) == 30
+    assert sum(losses[-3:]) / 3 < 0.3 * sum(losses[:3]) / 3, losses
+    assert result.history[-1]["miou"] > 0.8  # it learns the masks, not just the background
+
+    rows = read_metrics(tmp_path)
+    assert list(rows[0]) == ["step", "lr", "loss", "focal", "dice", "iou_mse", "miou"]
+    assert [int(r["step"]) for r in rows] == list(range(1, 31))
+    assert float(rows[-1]["loss"]) == pytest.approx(losses[-1])
+
+    model = load_sam(result.model_path)
+    assert model.config == trainer.sam.config
+    for name, value in trainer.sam.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000030.pt"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    from promptseg.train.cli import main
+
+    # grad_accum 2 × batch 2 over 6 images: epochs end mid-step; drop path uses the global RNG
+    changes = {"grad_accum": 2, "max_steps": 5}
+    full = train(make_config(tmp_path / "full", **changes))
+    assert len(full.history) == 5
+
+    interrupted = tmp_path / "interrupted"
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(config_dict(interrupted, **changes)))
+    assert main([str(path), "--max-steps", "3"]) == 0  # checkpoints at 2 and 3
+    # the run is "killed" after step 3 but before its checkpoint was written
+    (interrupted / "checkpoints" / "step_00000003.pt").unlink()
+    assert main([str(path), "--resume"]) == 0  # continues from step 2 up to max_steps 5
+
+    ours, reference = read_metrics(interrupted), read_metrics(tmp_path / "full")
+    assert [r["step"] for r in ours] == ["1", "2", "3", "4", "5"]  # the stale row 3 was dropped
+    assert ours == reference  # every metric of steps 3–5 is bit-identical (repr of the floats)
+
+    a = torch.load(tmp_path / "full" / "checkpoints" / "step_00000005.pt", weights_only=True)
+    b = torch.load(interrupted / "checkpoints" / "step_00000005.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["data"] == b["data"] and a["step"] == b["step"] == 5
+
+
+def test_fresh_run_refuses_an_output_directory_with_checkpoints(tmp_path):
+    train(make_config(tmp_path, max_steps=2))
+    with pytest.raises(ValueError, match="--resume"):
+        Trainer(make_config(tmp_path, max_steps=4))
+
+
+def test_bf16_decoder_only_finetuning_from_a_checkpoint(tmp_path):
+    first = train(make_config(tmp_path / "a", max_steps=1))
+    cfg = make_config(tmp_path / "b", model={"checkpoint": str(first.model_path)}, mode="decoder", bf16=True,
+                      max_steps=2, drop_path=None)
+    trainer = Trainer(cfg)
+    before = {k: v.clone() for k, v in trainer.sam.state_dict().items()}
+    result = trainer.train()
+    after = trainer.sam.state_dict()
+    assert result.steps == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("image_encoder.", "prompt_encoder.")))
+    assert not torch.equal(before["mask_decoder.iou_token.weight"], after["mask_decoder.iou_token.weight"])
+
+
+def test_cli_reports_config_errors(tmp_path, capsys):
+    from promptseg.train.cli import main
+
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config_dict(tmp_path, lrr=1)))
+    assert main([str(path)]) == 2
+    assert "unknown key" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    out = tmp_path / "ddp"
+    path = tmp_path / "ddp.json"
+    path.write_text(json.dumps(config_dict(out, max_steps=2, checkpoint_every=1, drop_path=0.1)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "promptseg.train.cli", str(path)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(out)] == ["1", "2"]
+    state = torch.load(out / "checkpoints" / "step_00000002.pt", weights_only=True)
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # per-rank drop-path streams
+    assert (out / "model.safetensors").is_file()
+
+
+def test_trains_on_an_sa1b_folder(tmp_path):
+    from promptseg.data.synth import SynthConfig, generate_dataset
+
+    generate_dataset(tmp_path / "sa1b", 2, seed=0, config=SynthConfig(size=96, emoji=False, use_photos=False, max_objects=5))
+    cfg = make_config(tmp_path / "run", dataset={"type": "sa1b", "root": [str(tmp_path / "sa1b")]}, max_steps=2)
+    result = train(cfg)
+    assert result.steps == 2 and result.model_path.is_file()

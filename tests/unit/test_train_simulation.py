@@ -1,0 +1,113 @@
+"""SamTrainingModel: the 11 simulated rounds through the real prompt encoder and decoder of a tiny SAM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from promptseg.train.config import TrainConfig
+from promptseg.train.trainer import SamTrainingModel, TrainSamples, build_model, collate_train
+
+TINY_MODEL = {
+    "image_encoder": {"img_size": 64, "patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 2,
+                      "out_chans": 32, "window_size": 2, "global_attn_indexes": [1]},
+    "prompt_encoder": {"embed_dim": 32},
+    "mask_decoder": {"transformer_dim": 32, "num_heads": 2, "mlp_dim": 64, "iou_head_hidden_dim": 32},
+}
+
+
+def make_config(**changes) -> TrainConfig:
+    data = {"model": {"config": TINY_MODEL}, "dataset": {"type": "synthetic-shapes", "num_images": 2},
+            "masks_per_image": 3, "drop_path": 0.1, **changes}
+    return TrainConfig.from_dict(data)
+
+
+def make_batch(cfg: TrainConfig):
+    from promptseg.train.datasets import SyntheticShapes
+
+    samples = TrainSamples(SyntheticShapes(num_images=2), 64, cfg.masks_per_image, cfg.max_mask_area, 0)
+    return collate_train([samples[(0, 0)], samples[(0, 1)]])
+
+
+def test_samples_are_resized_padded_and_subsampled():
+    cfg = make_config(masks_per_image=2)
+    batch = make_batch(cfg)
+    assert [tuple(im.shape) for im in batch["images"]] == [(3, 48, 64), (3, 48, 64)]
+    assert batch["targets"].shape[1:] == (64, 64) and len(batch["targets"]) <= 4
+    assert not batch["targets"][:, 48:].any()  # padding rows are never foreground
+    assert batch["image_valid"][:, :48].all() and not batch["image_valid"][:, 48:].any()
+    assert batch["image_indices"].tolist() == sorted(batch["image_indices"].tolist())
+
+
+def test_rounds_prompts_and_multimask_choice(monkeypatch):
+    torch.manual_seed(0)
+    cfg = make_config()
+    model = SamTrainingModel(build_model(cfg), cfg)
+    batch = make_batch(cfg)
+    flags, sparse_lengths, mask_prompts = [], [], []
+    criterion = model.criterion.forward
+    embed_sparse = model.sam.prompt_encoder.embed_sparse
+    prompt_forward = model.sam.prompt_encoder.forward
+
+    def spy_loss(*args, multimask_output, **kw):
+        flags.append(multimask_output)
+        return criterion(*args, multimask_output=multimask_output, **kw)
+
+    def spy_sparse(coords, labels):
+        sparse_lengths.append(labels.shape[1])
+        return embed_sparse(coords, labels)
+
+    def spy_prompt(points, boxes, masks, *rest):
+        mask_prompts.append(None if masks is None else tuple(masks.shape))
+        return prompt_forward(points, boxes, masks, *rest)
+
+    monkeypatch.setattr(model.criterion, "forward", spy_loss)
+    monkeypatch.setattr(model.sam.prompt_encoder, "embed_sparse", spy_sparse)
+    monkeypatch.setattr(model.sam.prompt_encoder, "forward", spy_prompt)
+    gen = torch.Generator().manual_seed(0)
+    out = model(generator=gen, **batch)
+    b = len(batch["targets"])
+    assert flags == [True] + [False] * 10  # 3 masks for the single first prompt, then the single output
+    assert mask_prompts == [None] + [(b, 1, 16, 16)] * 10  # low-res logits of the previous round
+    steps = [n - m for n, m in zip(sparse_lengths[1:], sparse_lengths)]
+    assert sparse_lengths[0] == 2 and sorted(steps) == [0] * 2 + [1] * 8 and steps[-1] == 0
+    assert set(out) == {"loss", "focal", "dice", "iou_mse", "miou"} and out["loss"].requires_grad
+
+
+@pytest.mark.parametrize(
+    "mode, encoder_grad, prompt_grad",
+    [("full", True, True), ("decoder", False, False), ("decoder+prompt", False, True)],
+)
+def test_training_modes_freeze_the_right_parts(mode, encoder_grad, prompt_grad):
+    torch.manual_seed(0)
+    cfg = make_config(mode=mode)
+    model = SamTrainingModel(build_model(cfg), cfg)
+    model.train()
+    assert model.sam.image_encoder.training == (mode == "full")
+    out = model(generator=torch.Generator().manual_seed(1), **make_batch(cfg))
+    out["loss"].backward()
+    sam = model.sam
+    assert (sam.image_encoder.blocks[0].attn.qkv.weight.grad is not None) == encoder_grad
+    assert (sam.prompt_encoder.mask_downscaling[0].weight.grad is not None) == prompt_grad
+    assert sam.mask_decoder.output_hypernetworks_mlps[0].layers[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("changes", [{"detach_mask_prompt": False}, {"loss_resolution": "low_res"}, {"rounds": 1}])
+def test_variants_run_and_backpropagate(changes):
+    torch.manual_seed(0)
+    cfg = make_config(**changes)
+    model = SamTrainingModel(build_model(cfg), cfg)
+    out = model(generator=torch.Generator().manual_seed(2), **make_batch(cfg))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and model.sam.mask_decoder.iou_token.weight.grad is not None
+
+
+def test_same_generator_same_loss():
+    torch.manual_seed(0)
+    cfg = make_config(drop_path=0.0)
+    model = SamTrainingModel(build_model(cfg), cfg)
+    batch = make_batch(cfg)
+    a = model(generator=torch.Generator().manual_seed(7), **batch)["loss"]
+    b = model(generator=torch.Generator().manual_seed(7), **batch)["loss"]
+    c = model(generator=torch.Generator().manual_seed(8), **batch)["loss"]
+    assert a.item() == b.item() and a.item() != c.item()
