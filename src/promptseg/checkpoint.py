@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+from promptseg.fileio import atomic_write  # noqa: F401  (re-exported)
 
 PathLike = Union[str, "os.PathLike[str]"]
 CONFIG_KEY = "promptseg.config"
@@ -97,21 +98,6 @@ def load_into(model: nn.Module, path: PathLike) -> nn.Module:
     state, _ = read_state_dict(path)
     load_state_dict_strict(model, state, source=f"checkpoint {path}")
     return model
-
-
-def atomic_write(path: PathLike, write: Any) -> None:
-    """Call ``write(tmp_path)`` then atomically rename to ``path``; the temporary file is removed on error."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_safetensors(

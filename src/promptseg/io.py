@@ -164,7 +164,7 @@ def sample_prompts(path: PathLike, size: Tuple[int, int]) -> Dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------- writing
 def _atomic(path: PathLike, write: Any) -> Path:
-    from promptseg.checkpoint import atomic_write
+    from promptseg.fileio import atomic_write
 
     path = Path(path)
     atomic_write(path, write)

@@ -25,6 +25,11 @@ def run(capsys, *argv):
     return code, out, err
 
 
+needs_matplotlib = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("matplotlib") is None, reason="matplotlib not installed (pip install promptseg[train])"
+)
+
+
 def check_figures(folder):
     for name in FIGURES:
         with Image.open(folder / name) as im:
@@ -32,6 +37,7 @@ def check_figures(folder):
     return json.loads((folder / SUMMARY).read_text())
 
 
+@needs_matplotlib
 @pytest.mark.skipif(not emoji_font_available(), reason=NO_FONT)
 def test_synth_then_stats(tmp_path, capsys):
     out = tmp_path / "synth"
@@ -80,6 +86,7 @@ def test_no_emoji_and_errors(tmp_path, capsys):
     assert code == 2 and "synth" in err
 
 
+@needs_matplotlib
 def test_stats_on_coco_and_folder(tmp_path, capsys):
     h, w = 24, 32
     images = tmp_path / "images"
@@ -104,6 +111,13 @@ def test_stats_on_coco_and_folder(tmp_path, capsys):
     assert code == 0, err
     summary = check_figures(tmp_path / "out_coco")
     assert summary["masks"] == 1 and summary["top_names"] == [["thing", 1]]
+
+
+def test_stats_without_matplotlib(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails
+    code, _, err = run(capsys, "stats", tmp_path, "-o", tmp_path / "out")
+    assert code == 2 and "pip install matplotlib" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_register_into_a_parent_parser():

@@ -20,7 +20,7 @@ mask's boundary stays where the image's object boundary goes.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -119,7 +119,7 @@ class LargeScaleJitter(_Random):
         ch, cw = min(out, nh), min(out, nw)
         shrink = nh * nw <= h * w
 
-        def warp(a: np.ndarray, border: Any) -> np.ndarray:
+        def warp(a: np.ndarray) -> np.ndarray:
             if shrink:  # resize the whole (small) result with area averaging, then crop
                 r = cv2.resize(a, (nw, nh), interpolation=cv2.INTER_AREA)
                 return r[y0 : y0 + ch, x0 : x0 + cw]
@@ -129,10 +129,10 @@ class LargeScaleJitter(_Random):
 
         canvas = np.empty((out, out, 3), dtype=np.uint8)
         canvas[...] = np.asarray(self.pad_value, dtype=np.uint8)
-        canvas[:ch, :cw] = warp(np.ascontiguousarray(image), None).reshape(ch, cw, -1)[..., :3]
+        canvas[:ch, :cw] = warp(np.ascontiguousarray(image)).reshape(ch, cw, -1)[..., :3]
         new_masks = np.zeros((len(masks), out, out), dtype=bool)
         for k in range(len(masks)):
-            m = warp(masks[k].astype(np.uint8) * 255, None)
+            m = warp(masks[k].astype(np.uint8) * 255)
             new_masks[k, :ch, :cw] = m >= 128
         result = dict(item)
         result["image"], result["masks"], result["valid_size"] = canvas, new_masks, (ch, cw)

@@ -104,8 +104,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-photos", action="store_true", help="procedural textures only (no photo crops)")
     p.add_argument("--photos", action="append", default=[], metavar="DIR",
                    help="extra folder of photos for backgrounds and textures (repeatable)")
-    p.add_argument("--min-objects", type=_non_negative, default=None, help="fewest objects per scene (default 3)")
-    p.add_argument("--max-objects", type=_non_negative, default=None, help="most objects per scene (default 12)")
+    p.add_argument("--min-objects", type=_non_negative, default=None, help="fewest objects per scene (default 4)")
+    p.add_argument("--max-objects", type=_non_negative, default=None, help="most objects per scene (default 20)")
     p.add_argument("--overlays", action="store_true", help="also write OUTDIR/overlays/sa_<i>.png for viewing")
     p.add_argument("--emoji-font", metavar="TTF", help="path of NotoColorEmoji.ttf (default: the system font)")
     p.add_argument("--list-categories", action="store_true",

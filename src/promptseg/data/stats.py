@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -146,7 +146,7 @@ def _matplotlib() -> Any:
 
 
 def _save(fig: Any, canvas_cls: Any, path: Path) -> None:
-    from promptseg.checkpoint import atomic_write
+    from promptseg.fileio import atomic_write
 
     canvas_cls(fig)
     fig.tight_layout()

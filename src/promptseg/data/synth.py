@@ -243,7 +243,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 PART_EDGE = 40
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=256)
 def emoji_sprite(cp: int, font_path: str) -> Tuple[np.ndarray, Tuple[Tuple[np.ndarray, int], ...]]:
     """``(rgba, parts)`` of an emoji at the font's native size, cropped to its pixels.
 
@@ -303,14 +303,14 @@ class SynthConfig:
     """Knobs of the scene generator (the defaults are what ``promptseg data synth`` uses)."""
 
     size: int = 512
-    min_objects: int = 3
-    max_objects: int = 12
+    min_objects: int = 4
+    max_objects: int = 20
     #: Object kinds and their weights (emoji are left out with ``emoji=False``).
     emoji: bool = True
     kind_weights: Dict[str, float] = field(default_factory=lambda: {"emoji": 0.6, "polygon": 0.15, "blob": 0.15, "stroke": 0.1})
     #: Object long side relative to the image side: log-uniform in this range.
     object_scale: Tuple[float, float] = (0.08, 0.5)
-    crowd_prob: float = 0.25
+    crowd_prob: float = 0.3
     crowd_count: Tuple[int, int] = (8, 24)
     crowd_scale: Tuple[float, float] = (0.035, 0.08)
     #: Objects (and parts) with a smaller visible fraction than ``1 - max_occlusion`` are dropped.
@@ -320,6 +320,8 @@ class SynthConfig:
     parts: bool = True
     shadow_prob: float = 0.6
     photo_prob: float = 0.6
+    #: Shapes textured with another part of the background (objects that blend in).
+    camouflage_prob: float = 0.12
     blur_prob: float = 0.3
     noise_prob: float = 0.6
     jpeg_quality: Tuple[int, int] = (75, 95)
@@ -637,10 +639,28 @@ def _shape_alpha(kind: str, long_side: float, rng: np.random.Generator) -> np.nd
     return np.ascontiguousarray(small[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
 
 
-def _shape_object(kind: str, long_side: float, rng: np.random.Generator, res: Resources) -> _Object:
+def _camouflage(h: int, w: int, rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
+    """A texture cut from elsewhere in the background, slightly changed: an object that blends in."""
+    import cv2
+
+    size = background.shape[0]
+    ch, cw = min(size, max(4, h)), min(size, max(4, w))
+    y0, x0 = int(rng.integers(0, size - ch + 1)), int(rng.integers(0, size - cw + 1))
+    crop = np.ascontiguousarray(background[y0 : y0 + ch, x0 : x0 + cw])
+    if rng.random() < 0.5:
+        crop = np.ascontiguousarray(crop[::-1])
+    crop = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
+    return color_jitter(np.clip(crop, 0, 1), rng, 0.12)
+
+
+def _shape_object(kind: str, long_side: float, rng: np.random.Generator, res: Resources,
+                  background: Optional[np.ndarray] = None, camouflage_prob: float = 0.0) -> _Object:
     alpha = _shape_alpha(kind, long_side, rng)
     h, w = alpha.shape
-    rgb = texture(h, w, rng, res.photos, photo_prob=0.5)
+    if background is not None and rng.random() < camouflage_prob:
+        rgb = _camouflage(h, w, rng, background)
+    else:
+        rgb = texture(h, w, rng, res.photos, photo_prob=0.5)
     rgb = rgb * _shading(h, w, rng, rng.uniform(0, 0.3))
     return _Object(np.clip(rgb, 0, 1) * alpha[..., None], alpha, kind, kind)
 
@@ -686,7 +706,7 @@ def _full_mask(size: int, obj: _Object, local: np.ndarray) -> np.ndarray:
     return full
 
 
-def _plan_objects(rng: np.random.Generator, res: Resources, config: SynthConfig) -> List[_Object]:
+def _plan_objects(rng: np.random.Generator, res: Resources, config: SynthConfig, background: np.ndarray) -> List[_Object]:
     size = config.size
     kinds = dict(config.kind_weights)
     if not res.emoji:
@@ -699,7 +719,7 @@ def _plan_objects(rng: np.random.Generator, res: Resources, config: SynthConfig)
         if kind == "emoji":
             cp = cp if cp is not None else res.emoji[int(rng.integers(len(res.emoji)))]
             return _emoji_object(cp, long_side, rng, res, config)
-        return _shape_object(kind, long_side, rng, res)
+        return _shape_object(kind, long_side, rng, res, background, config.camouflage_prob)
 
     specs: List[Tuple[float, _Object]] = []
     n = int(rng.integers(config.min_objects, config.max_objects + 1))
@@ -741,7 +761,8 @@ def generate_scene(index: int, seed: int, config: Optional[SynthConfig] = None, 
     min_area, part_min = config.mask_min_area, config.part_min_area
     keep_frac = 1.0 - config.max_occlusion
 
-    objects = _plan_objects(rng, res, config)
+    background = _background(size, rng, res, config)
+    objects = _plan_objects(rng, res, config, background)
     full = [_full_mask(size, o, o.alpha >= 0.5) for o in objects]
 
     # Occlusion, front to back: an object is kept when enough of it stays visible.
@@ -757,7 +778,7 @@ def generate_scene(index: int, seed: int, config: Optional[SynthConfig] = None, 
         covered |= full[j]
 
     # Render, back to front.
-    canvas = _background(size, rng, res, config)
+    canvas = background
     light = rng.uniform(0, 2 * math.pi)
     for j, obj in enumerate(objects):
         if j not in visible:
@@ -845,7 +866,7 @@ def _encode_jpeg(image: np.ndarray, quality: int) -> bytes:
 
 def write_scene(outdir: PathLike, index: int, scene: Scene, overlay: bool = False) -> Path:
     """Write ``sa_<index>.jpg`` and ``sa_<index>.json`` (SA-1B layout, plus ``name``/``parent``/``kind``)."""
-    from promptseg.checkpoint import atomic_write
+    from promptseg.fileio import atomic_write
     from promptseg.data.sa1b import write_sa1b_json
 
     outdir = Path(outdir)
@@ -918,8 +939,8 @@ def generate_dataset(
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise ValueError(f"output {outdir} exists and is not a directory")
+    res = load_resources(config)  # first: a missing font fails before anything is written
     outdir.mkdir(parents=True, exist_ok=True)
-    res = load_resources(config)
     meta_config = asdict(config)
     meta_config["categories"] = None if config.categories is None else [f"U+{c:04X}" for c in config.categories]
     meta_config["emoji_font"] = Path(res.font_path).name if res.font_path else None

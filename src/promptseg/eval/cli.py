@@ -47,7 +47,7 @@ def format_report(summary: Dict[str, float]) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from promptseg.checkpoint import atomic_write
+    from promptseg.fileio import atomic_write
     from promptseg.cli import _load_model
     from promptseg.eval.interactive import EvalConfig, evaluate
     from promptseg.predictor import SamPredictor

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from promptseg.checkpoint import atomic_write
+from promptseg.fileio import atomic_write
 from promptseg.train.config import TrainConfig
 from promptseg.train.datasets import build_dataset
 from promptseg.train.losses import SamLoss, iou_of
