@@ -14,6 +14,7 @@ masks against promptseg float32 on a set of click prompts.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -115,7 +116,7 @@ def main(argv: List[str] | None = None) -> int:
 
     torch.manual_seed(0)
     ref, ours32 = build_pair(args.quick, seed=0)
-    ours16 = build_pair(args.quick, seed=0)[1].to(torch.bfloat16)
+    ours16 = copy.deepcopy(ours32).to(torch.bfloat16)  # the same weights, rounded to bfloat16
     img_size = ours32.image_encoder.img_size
     enc_repeats = args.repeats or (3 if not args.quick else 5)
     dec_repeats = args.repeats or (20 if not args.quick else 10)

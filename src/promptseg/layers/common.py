@@ -34,7 +34,12 @@ class MLPBlock(nn.Module):
         self.act = act()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.lin2(self.act(self.lin1(x)))
+        h = self.lin1(x)
+        if isinstance(self.act, nn.GELU) and not (torch.is_grad_enabled() and h.requires_grad):
+            h = torch.ops.aten.gelu_(h, approximate=self.act.approximate)  # inference: no second buffer
+        else:
+            h = self.act(h)
+        return self.lin2(h)
 
 
 class MLP(nn.Module):
