@@ -20,18 +20,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 EXIT_USAGE = 2
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
 def _int_list(text: str) -> List[int]:
@@ -41,24 +32,23 @@ def _int_list(text: str) -> List[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer ≥ ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {value}")
-    return value
+_positive = _int_at_least(1)
+_non_negative = _int_at_least(0)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -204,40 +194,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser for ``promptseg data …`` (used by :func:`main`)."""
-    parser = _Parser(prog="promptseg", description="promptseg data tools")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    register(sub)
-    return parser
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``promptseg data`` with ``argv`` (e.g. ``["synth", "out", "--num", "5"]``; a leading ``"data"`` is
     accepted too); returns the exit status (0 success, 2 user error)."""
-    from promptseg.io import MissingDependencyError
+    from promptseg.cli import main as cli_main
 
     args_list = list(sys.argv[1:] if argv is None else argv)
     if not args_list or args_list[0] != "data":
         args_list = ["data"] + args_list
-    parser = build_parser()
-    command = "promptseg data"
-    try:
-        args = parser.parse_args(args_list)
-        if getattr(args, "data_command", None):
-            command = f"promptseg data {args.data_command}"
-        return int(args.func(args) or 0)
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except _UsageError as err:
-        print(str(err).splitlines()[0], file=sys.stderr)
-    except (ValueError, OSError, MissingDependencyError) as err:
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"{command}: error: {message}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print(f"{command}: interrupted", file=sys.stderr)
-        return 130
-    return EXIT_USAGE
+    return cli_main(args_list)
 
 
 if __name__ == "__main__":  # pragma: no cover
