@@ -20,6 +20,7 @@ _EXPORTS = {
     "Sam": "promptseg.models.sam.sam",
     "SamConfig": "promptseg.models.sam.config",
     "SamPredictor": "promptseg.predictor",
+    "SamAutomaticMaskGenerator": "promptseg.amg.generator",
     "load_sam": "promptseg.models.sam.weights",
     "save_sam": "promptseg.models.sam.weights",
     "load_model": "promptseg.hub",

@@ -84,7 +84,7 @@ def _add_model_options(p: argparse.ArgumentParser, checkpoint_help: str) -> None
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
 
 
-SUBCOMMAND_MODULES = ("promptseg.data.cli", "promptseg.train.cli", "promptseg.eval.cli")
+SUBCOMMAND_MODULES = ("promptseg.data.cli", "promptseg.train.cli", "promptseg.eval.cli", "promptseg.amg.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
