@@ -8,15 +8,18 @@
 Both generators get identical random weights (every tensor perturbed, as in ``bench_sam.py``) and the
 same image, in the same process, reference first. Filters and NMS are disabled (``pred_iou_thresh=0,
 stability_score_thresh=0, box_nms_thresh=1.0``) so that every mask — 3 per point — is upsampled,
-measured and returned: no shortcut can skip work. Each generator runs once after a small warm-up call;
+measured and returned: no shortcut can skip work. Each generator runs once after a small warm-up call
+(its time is printed too);
 the reference's and promptseg's masks are then matched (IoU ≥ 0.95) to show the run kept parity.
-promptseg runs at float32 with its default settings and with other batch sizes (``--batches``); the
-fastest is reported as well. The encoder is timed on its own too, so the ratio of the rest (decoder,
+promptseg runs at float32 with its default settings (other ``points_per_batch`` values with
+``--batches``; the fastest is reported as well). The encoder is timed on its own too, so the ratio of the rest (decoder,
 upsampling, filtering, encoding) can be read off.
 
 Peak RSS (``--rss``): each generator runs in a fresh subprocess on a 3000×2000 image with
 ``crop_n_layers=1`` (5 crops), filters and NMS disabled and ``output_mode="coco_rle"`` (so the output's
-own size does not dominate), and reports ``resource.getrusage(RUSAGE_SELF).ru_maxrss``.
+own size does not dominate), and reports ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (and the RSS
+before ``generate``: both models are built in the child, for identical weights). ``--rss-points 8``
+keeps the reference's run short: its peak is set by one batch of 64 points, whatever the grid.
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ def rss_child(args: argparse.Namespace) -> int:
     ref, ours = build_pair(args.quick, seed=0)
     h, w = (args.rss_height, args.rss_width)
     image = smooth_image(h, w, seed=1)
-    options = dict(NO_FILTERS, crop_n_layers=1, output_mode="coco_rle", points_per_side=args.points_per_side)
+    options = dict(NO_FILTERS, crop_n_layers=1, output_mode="coco_rle", points_per_side=args.rss_points)
     if args.rss_child == "reference":
         del ours
         import segment_anything
@@ -132,7 +135,7 @@ def rss_child(args: argparse.Namespace) -> int:
 
 
 def run_rss(args: argparse.Namespace, impl: str) -> Optional[Dict[str, Any]]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--rss-child", impl, "--points-per-side", str(args.points_per_side),
+    cmd = [sys.executable, os.path.abspath(__file__), "--rss-child", impl, "--rss-points", str(args.rss_points),
            "--rss-height", str(args.rss_height), "--rss-width", str(args.rss_width)]
     if args.quick:
         cmd.append("--quick")
@@ -149,10 +152,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--height", type=int, default=768)
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--points-per-side", type=int, default=None, help="default 32 (8 with --quick)")
-    parser.add_argument("--batches", default="64,128", help="promptseg points_per_batch values to time")
+    parser.add_argument("--batches", default="64", help="promptseg points_per_batch values to time (comma-separated)")
     parser.add_argument("--skip-reference", action="store_true", help="time promptseg only")
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS (3000×2000, crop_n_layers=1)")
     parser.add_argument("--rss-reference", action="store_true", help="measure the reference's peak RSS too")
+    parser.add_argument("--rss-points", type=int, default=None, help="points per side of the RSS runs (default: as --points-per-side)")
     parser.add_argument("--rss-height", type=int, default=None)
     parser.add_argument("--rss-width", type=int, default=None)
     parser.add_argument("--rss-child", choices=["reference", "promptseg"], help=argparse.SUPPRESS)
@@ -160,6 +164,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.points_per_side is None:
         args.points_per_side = 8 if args.quick else 32
+    if args.rss_points is None:
+        args.rss_points = args.points_per_side
     if args.rss_height is None:
         args.rss_height, args.rss_width = (750, 500) if args.quick else (2000, 3000)
     if args.rss_child:
@@ -193,13 +199,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         expected = None
         if not args.skip_reference:
             gen = segment_anything.SamAutomaticMaskGenerator(ref, **options)
-            gen.generate(warm)
+            _, results["reference_warmup_s"] = timed(lambda: gen.generate(warm))
             expected, results["reference_s"] = timed(lambda: gen.generate(image))
             print(f"reference: {results['reference_s']:.1f} s, {len(expected)} masks", flush=True)
             del gen
         for batch in batches:
             gen = SamAutomaticMaskGenerator(ours, **options, points_per_batch=batch)
-            gen.generate(warm)
+            _, results[f"promptseg_ppb{batch}_warmup_s"] = timed(lambda: gen.generate(warm))
             got, seconds = timed(lambda: gen.generate(image))
             results[f"promptseg_ppb{batch}_s"] = seconds
             line = f"promptseg points_per_batch={batch}: {seconds:.1f} s, {len(got)} masks"
@@ -218,7 +224,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             out = run_rss(args, impl)
             if out is not None:
                 results[f"rss_{impl}"] = out
-                print(f"peak RSS {impl} ({args.rss_height}×{args.rss_width}, crop_n_layers=1): "
+                print(f"peak RSS {impl} ({args.rss_height}×{args.rss_width}, crop_n_layers=1, {args.rss_points}² points): "
                       f"{out['peak_rss_mb']:.0f} MB ({out['rss_before_generate_mb']:.0f} MB before generate), "
                       f"{out['seconds']:.1f} s, {out['masks']} masks", flush=True)
 
@@ -230,6 +236,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows.append(("generate, reference", results["reference_s"], results["reference_s"]))
     for batch in batches:
         rows.append((f"generate, promptseg ppb={batch}", results[f"promptseg_ppb{batch}_s"], results.get("reference_s")))
+    warmups = {k: v for k, v in results.items() if k.endswith("_warmup_s")}
+    print("warm-up calls (64×96 image, not in the timings below): "
+          + ", ".join(f"{k[:-len('_warmup_s')]} {v:.2f} s" for k, v in warmups.items()))
     for name, sec, base in rows:
         ratio = f"{base / sec:12.2f}×" if base else ""
         print(f"{name:36s} {sec:9.2f} {ratio:>13s}")

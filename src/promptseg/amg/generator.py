@@ -85,25 +85,39 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 #: Upsampled float logits held at once while measuring masks (bytes). Below glibc's largest mmap threshold
 #: (32 MiB) the buffers are recycled instead of being page-faulted in anew for every chunk (2.5× faster).
 _RENDER_CHUNK_BYTES = 24 << 20
-#: Prompts per decoder call on CPU (see ``_PointDecoder``).
-_CPU_DECODER_BATCH = 2
-#: Bits of measured masks kept for the output (bytes); beyond, masks are kept as low-res windows.
+#: Size of the largest decoder temporaries per call on CPU (see ``_PointDecoder``).
+_CPU_DECODER_BYTES = 24 << 20
+#: Packed bits of measured masks kept for the output (bytes); beyond, masks are kept as low-res windows.
 _BITS_BUDGET_BYTES = 1 << 30
 
 
 @dataclass
 class _Mask:
-    """A measured mask: its bits inside its box (image frame), or the low-res window that determines it."""
+    """A measured mask: its bits inside its box (image frame, packed 8 per byte), or — beyond the memory
+    budget — the window of low-res logits that determines it, upsampled again when written out."""
 
-    bits: Optional[np.ndarray]  # (y1-y0+1)×(x1-x0+1) bool, None when empty or kept as a window
-    window: Optional[Tensor]  # low-res logits [r0:r1, c0:c1] of the crop, when bits were not kept
-    window_at: Tuple[int, int]  # (r0, c0)
-    fill: float  # value for low-res samples outside the window (≤ every logit of the mask)
-    crop: int  # index into the generator's per-image crop list
+    packed: Optional[np.ndarray]  # np.packbits of the box's bits (C order); None when empty or a window
+    shape: Tuple[int, int]  # of the box's bits
+    window: Optional[Tensor] = None  # low-res logits [r0:r1, c0:c1] of the crop
+    window_at: Tuple[int, int] = (0, 0)  # (r0, c0)
+    fill: float = 0.0  # value for low-res samples outside the window (≤ every logit of the mask)
+    crop: int = 0  # index into the generator's per-image crop list
+
+    @classmethod
+    def of_bits(cls, bits: Optional[np.ndarray], crop: int) -> "_Mask":
+        if bits is None:
+            return cls(None, (0, 0), crop=crop)
+        return cls(np.packbits(bits), bits.shape, crop=crop)
+
+    def bits(self) -> Optional[np.ndarray]:
+        if self.packed is None:
+            return None
+        count = self.shape[0] * self.shape[1]
+        return np.unpackbits(self.packed, count=count).reshape(self.shape).view(bool)
 
     @property
     def nbytes(self) -> int:
-        return 0 if self.bits is None else self.bits.nbytes
+        return 0 if self.packed is None else self.packed.nbytes
 
 
 class _MaskSet:
@@ -163,16 +177,21 @@ class _PointDecoder:
         self.dense_pe = model.prompt_encoder.get_dense_pe()
         _, no_mask = model.prompt_encoder(None, None, None)
         self.keys = model.mask_decoder.image_keys(self.embedding, self.dense_pe, no_mask)
+        # the largest per-prompt temporary: the upscaled embedding, (4h·4w) × C/8 values
+        low_h, low_w = model.prompt_encoder.mask_input_size
+        per_prompt = low_h * low_w * (model.mask_decoder.transformer_dim // 8) * self.embedding.element_size()
+        self.cpu_batch = max(1, _CPU_DECODER_BYTES // per_prompt)
 
     def __call__(self, coords: Tensor) -> Tuple[Tensor, Tensor]:
         """``coords``: ``B×2`` in the model-input frame → low-res logits ``B×3×h×w``, IoU ``B×3`` (float32).
 
-        On CPU the prompts go through the decoder ``_CPU_DECODER_BATCH`` at a time: its per-prompt
-        temporaries (8 MiB each for the official models) then stay below glibc's mmap threshold and are
-        recycled, instead of being page-faulted in anew; measured 1.7× faster per prompt than batches
-        of 64 on a 2-core CPU (``benchmarks/bench_amg.py``). Results equal up to float rounding.
+        On CPU the prompts go through the decoder a few at a time, so that its largest temporaries stay
+        under ``_CPU_DECODER_BYTES`` (2 prompts for the official models, 8 MiB each): below glibc's
+        mmap threshold they are recycled instead of being page-faulted in anew for every call —
+        measured 1.7× faster per prompt than batches of 64 on a 2-core CPU. Results equal up to float
+        rounding.
         """
-        step = _CPU_DECODER_BATCH if coords.device.type == "cpu" else max(1, coords.shape[0])
+        step = self.cpu_batch if coords.device.type == "cpu" else max(1, coords.shape[0])
         lows, ious = [], []
         for start in range(0, coords.shape[0], step):
             part = coords[start : start + step]
@@ -217,6 +236,8 @@ def _box_and_bits(mask: np.ndarray) -> Tuple[Tuple[int, int, int, int], Optional
     if not rows.size:
         return (0, 0, 0, 0), None
     box = (int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))
+    if box[0] == 0 and box[1] == 0 and box[2] == mask.shape[1] - 1 and box[3] == mask.shape[0] - 1:
+        return box, mask  # spans the whole crop: the (freshly computed) mask itself
     return box, mask[box[1] : box[3] + 1, box[0] : box[2] + 1].copy()
 
 
@@ -473,13 +494,14 @@ class SamAutomaticMaskGenerator:
         windows = support_windows(out.boxes, empty, geometry)
         for j, i in enumerate(sel.tolist()):
             b = bits[i]
-            if b is None or held_bytes + b.nbytes <= _BITS_BUDGET_BYTES:
-                held_bytes += 0 if b is None else b.nbytes
-                out.masks.append(_Mask(b, None, (0, 0), 0.0, crop_index))
+            if b is None or held_bytes + b.size // 8 <= _BITS_BUDGET_BYTES:
+                out.masks.append(_Mask.of_bits(b, crop_index))
+                held_bytes += out.masks[-1].nbytes
             else:  # over the memory budget: keep the low-res window that determines the mask instead
                 r0, r1, c0, c1 = windows[j].tolist()
                 logits = low[src[j]]
-                out.masks.append(_Mask(None, logits[r0:r1, c0:c1].clone(), (r0, c0), float(logits.min()) - 1.0, crop_index))
+                window = logits[r0:r1, c0:c1].clone()
+                out.masks.append(_Mask(None, b.shape, window, (r0, c0), float(logits.min()) - 1.0, crop_index))
         return out
 
     # ------------------------------------------------------------------ masks at full size
@@ -511,12 +533,15 @@ class SamAutomaticMaskGenerator:
                     ox, oy = crop.box[0], crop.box[1]
                     rendered[i] = full[y0 - oy : y1 - oy + 1, x0 - ox : x1 - ox + 1].copy()
             for i in range(start, stop):
-                bits = rendered.pop(i, data.masks[i].bits)
+                bits = rendered.pop(i) if i in rendered else data.masks[i].bits()
                 corner = (int(data.boxes[i, 0]), int(data.boxes[i, 1]))
                 yield i, bits, corner if bits is not None else (0, 0)
 
     @staticmethod
     def _full_mask(bits: Optional[np.ndarray], at: Tuple[int, int], orig_size: Tuple[int, int]) -> np.ndarray:
+        """The ``H×W`` mask of ``bits`` placed at ``at`` (``bits`` itself when it spans the image)."""
+        if bits is not None and bits.shape == tuple(orig_size):
+            return bits
         full = np.zeros(orig_size, dtype=bool)
         if bits is not None:
             full[at[1] : at[1] + bits.shape[0], at[0] : at[0] + bits.shape[1]] = bits
@@ -536,7 +561,7 @@ class SamAutomaticMaskGenerator:
             unchanged = not (changed_holes or changed_islands)
             nb, new_bits = _box_and_bits(full)
             new_boxes.append(nb)
-            new_masks.append(_Mask(new_bits, None, (0, 0), 0.0, mask.crop))
+            new_masks.append(_Mask.of_bits(new_bits, mask.crop))
             scores.append(float(unchanged))
         boxes = torch.tensor(new_boxes, dtype=torch.int64)
         keep = batched_nms(
@@ -569,5 +594,5 @@ class SamAutomaticMaskGenerator:
                     "crop_box": [cx0, cy0, cx1 - cx0, cy1 - cy0],
                 }
             )
-            data.masks[i].bits = data.masks[i].window = None  # written out: release it
+            data.masks[i] = None  # written out: release it
         return records
