@@ -72,25 +72,13 @@ def build_pair(quick: bool, seed: int):
     from promptseg.models.sam.config import ImageEncoderConfig, MaskDecoderConfig, SamConfig
 
     if quick:
-        from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+        from promptseg.models.sam.config import PromptEncoderConfig
+        from promptseg.models.sam.reference import build_reference_sam
 
         enc = ImageEncoderConfig(img_size=256, embed_dim=64, depth=2, num_heads=2, window_size=4, global_attn_indexes=(1,), out_chans=64)
         dec = MaskDecoderConfig(transformer_dim=64, num_heads=4, mlp_dim=128, iou_head_hidden_dim=64)
-        config = SamConfig(image_encoder=enc, mask_decoder=dec, prompt_encoder=__import__("promptseg.models.sam.config", fromlist=["x"]).PromptEncoderConfig(embed_dim=64))
-        from functools import partial
-
-        ref = Sam(
-            image_encoder=ImageEncoderViT(
-                img_size=256, embed_dim=64, depth=2, num_heads=2, window_size=4, global_attn_indexes=(1,),
-                out_chans=64, use_rel_pos=True, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            ),
-            prompt_encoder=PromptEncoder(embed_dim=64, image_embedding_size=(16, 16), input_image_size=(256, 256), mask_in_chans=16),
-            mask_decoder=MaskDecoder(
-                num_multimask_outputs=3,
-                transformer=TwoWayTransformer(depth=2, embedding_dim=64, mlp_dim=128, num_heads=4),
-                transformer_dim=64, iou_head_depth=3, iou_head_hidden_dim=64,
-            ),
-        ).eval()
+        config = SamConfig(image_encoder=enc, mask_decoder=dec, prompt_encoder=PromptEncoderConfig(embed_dim=64))
+        ref = build_reference_sam(config)
         ours = build_sam(config)
     else:
         ref = ref_registry["vit_b"]().eval()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import types
-from functools import partial
 from typing import Tuple
 
 import numpy as np
@@ -81,52 +80,7 @@ VIT_B_NOISE_STD = 0.02
 # Builders.
 
 
-def build_reference_sam(config: SamConfig) -> nn.Module:
-    """The reference ``segment_anything.modeling.Sam`` with the architecture of ``config`` (eval mode)."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    enc, pe, dec = config.image_encoder, config.prompt_encoder, config.mask_decoder
-    grid = enc.img_size // enc.patch_size
-    model = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=enc.img_size,
-            patch_size=enc.patch_size,
-            in_chans=enc.in_chans,
-            embed_dim=enc.embed_dim,
-            depth=enc.depth,
-            num_heads=enc.num_heads,
-            mlp_ratio=enc.mlp_ratio,
-            out_chans=enc.out_chans,
-            qkv_bias=enc.qkv_bias,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            use_abs_pos=enc.use_abs_pos,
-            use_rel_pos=enc.use_rel_pos,
-            window_size=enc.window_size,
-            global_attn_indexes=tuple(enc.global_attn_indexes),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=pe.embed_dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(enc.img_size, enc.img_size),
-            mask_in_chans=pe.mask_in_chans,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=dec.num_multimask_outputs,
-            transformer=TwoWayTransformer(
-                depth=dec.transformer_depth,
-                embedding_dim=dec.transformer_dim,
-                num_heads=dec.num_heads,
-                mlp_dim=dec.mlp_dim,
-                attention_downsample_rate=dec.attention_downsample_rate,
-            ),
-            transformer_dim=dec.transformer_dim,
-            iou_head_depth=dec.iou_head_depth,
-            iou_head_hidden_dim=dec.iou_head_hidden_dim,
-        ),
-        pixel_mean=list(config.pixel_mean),
-        pixel_std=list(config.pixel_std),
-    )
-    return model.eval()
+from promptseg.models.sam.reference import build_reference_sam  # noqa: E402  (re-exported for the tests)
 
 
 @torch.no_grad()

@@ -39,6 +39,31 @@ def test_samples_are_resized_padded_and_subsampled():
     assert batch["image_indices"].tolist() == sorted(batch["image_indices"].tolist())
 
 
+def test_mask_area_limits():
+    """Masks outside [min_mask_area, max_mask_area] of the image never reach the loss."""
+    import numpy as np
+
+    class Three:
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            masks = np.zeros((3, 40, 50), dtype=bool)
+            masks[0, :2, :2] = True  # 0.2 % of the image
+            masks[1, 5:25, 5:30] = True  # 25 %
+            masks[2, :, :48] = True  # 96 %
+            return {"image": np.zeros((40, 50, 3), dtype=np.uint8), "masks": masks}
+
+    def kept(min_area: float) -> list:
+        item = TrainSamples(Three(), 50, 8, 0.9, 0, min_mask_area=min_area)[(0, 0)]
+        return sorted(int(m.sum()) for m in item["masks"])
+
+    assert kept(0.0) == [4, 500]
+    assert kept(0.01) == [500]
+    with pytest.raises(ValueError, match="min_mask_area"):
+        make_config(min_mask_area=0.95)
+
+
 def test_rounds_prompts_and_multimask_choice(monkeypatch):
     torch.manual_seed(0)
     cfg = make_config()

@@ -104,6 +104,7 @@ class TrainConfig:
     batch_size: int = 1  # images per process and micro-step
     masks_per_image: int = 64  # at most this many GT masks, sampled at random, per image
     max_mask_area: float = 0.9  # discard masks covering more than this fraction of the image (§A)
+    min_mask_area: float = 0.0  # discard masks covering less (e.g. parts below the decoder's resolution)
     shuffle: bool = True
     num_workers: int = 0
 
@@ -158,6 +159,7 @@ class TrainConfig:
         for name in ("num_workers", "warmup", "keep_checkpoints"):
             need(int(getattr(self, name)) >= 0, f"{name} must be ≥ 0, got {getattr(self, name)}")
         need(0.0 < self.max_mask_area <= 1.0, "max_mask_area must be in (0, 1]")
+        need(0.0 <= self.min_mask_area < self.max_mask_area, "min_mask_area must be in [0, max_mask_area)")
         need(0.0 <= self.box_probability <= 1.0, "box_probability must be in [0, 1]")
         need(self.lr > 0, "lr must be positive")
         need(len(self.betas) == 2, "betas must be two numbers")

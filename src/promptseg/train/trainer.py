@@ -106,18 +106,20 @@ class TrainSamples:
     image is a function of ``(seed, epoch, index)`` — identical in any worker, after any resume.
 
     Per item: masks that are empty or cover more than ``max_mask_area`` of the image are discarded
-    (§A "Training recipe"), at most ``masks_per_image`` are drawn at random; the image is resized to
+    (§A "Training recipe"), and so are masks under ``min_mask_area`` (0 by default); at most ``masks_per_image`` are drawn at random; the image is resized to
     a longest side of ``img_size`` with the predictor's resize (no augmentation, §A) and the masks
     with it (bilinear on {0, 1}, threshold 0.5) and zero-padded to ``img_size²``.
     """
 
-    def __init__(self, dataset: Any, img_size: int, masks_per_image: int, max_mask_area: float, seed: int) -> None:
+    def __init__(self, dataset: Any, img_size: int, masks_per_image: int, max_mask_area: float, seed: int,
+                 min_mask_area: float = 0.0) -> None:
         from promptseg.transforms import ResizeLongestSide
 
         self.dataset = dataset
         self.img_size = img_size
         self.masks_per_image = masks_per_image
         self.max_mask_area = max_mask_area
+        self.min_mask_area = min_mask_area
         self.seed = seed
         self.resize = ResizeLongestSide(img_size)
 
@@ -135,7 +137,9 @@ class TrainSamples:
         masks = (raw.cpu() if isinstance(raw, Tensor) else torch.from_numpy(np.asarray(raw))).to(torch.bool)
         masks = masks.reshape(-1, *image.shape[:2])
         area = torch.count_nonzero(masks.flatten(1), dim=1)  # no float copy of the full-size masks
-        keep = torch.nonzero((area > 0) & (area <= self.max_mask_area * masks.shape[1] * masks.shape[2])).flatten()
+        pixels = masks.shape[1] * masks.shape[2]
+        keep = torch.nonzero((area > 0) & (area >= self.min_mask_area * pixels) & (area <= self.max_mask_area * pixels))
+        keep = keep.flatten()
         if len(keep) > self.masks_per_image:
             rng = np.random.default_rng([self.seed, epoch, index])
             keep = keep[torch.from_numpy(rng.permutation(len(keep))[: self.masks_per_image])]
@@ -420,7 +424,9 @@ class Trainer:
 
         dataset = build_dataset(config.dataset.type, config.dataset.options)
         img_size = self.sam.image_encoder.img_size
-        self.samples = TrainSamples(dataset, img_size, config.masks_per_image, config.max_mask_area, config.seed)
+        self.samples = TrainSamples(
+            dataset, img_size, config.masks_per_image, config.max_mask_area, config.seed, config.min_mask_area
+        )
         self.sampler = ResumableSampler(self.samples, self.dist.world_size, self.dist.rank, config.shuffle, config.seed)
         self.batches_per_epoch = self.sampler.num_samples // config.batch_size
         if self.batches_per_epoch < 1:

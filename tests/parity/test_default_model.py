@@ -1,0 +1,78 @@
+"""The bundled default model: loaded when no checkpoint is given, small, and an official-format SAM.
+
+"Official format" is checked the only way that counts: the same weights loaded into the reference
+``segment_anything`` code (built for the bundled config) give the same embeddings, logits, IoU scores
+(|Δ| ≤ 1e-4 float32) and automatic masks (the AMG acceptance rule of ``amg_match``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from promptseg import hub, io
+
+pytestmark = pytest.mark.skipif(hub.default_model_path() is None, reason="this build bundles no default model")
+
+MAX_BYTES = 40 * 1024 * 1024  # issue #3: ≤ 40 MB inside the package
+
+
+@pytest.fixture(scope="module")
+def default_pair():
+    pytest.importorskip("segment_anything")
+    from promptseg.models.sam.reference import reference_sam
+
+    model = hub.load_model().eval()
+    return reference_sam(model), model
+
+
+@pytest.fixture(scope="module")
+def photo():
+    from PIL import Image
+
+    image = io.read_image(io.sample_images()[0])
+    return np.asarray(Image.fromarray(image).resize((300, 300)))  # keep the AMG comparison quick
+
+
+def test_load_model_returns_the_bundled_model():
+    path = hub.default_model_path()
+    assert path.name == hub.DEFAULT_MODEL_FILE and path.stat().st_size <= MAX_BYTES
+    model = hub.load_model()
+    assert model.config.image_encoder.patch_size == 16  # the official ViT family, at a small size
+    assert not any(torch.isnan(p).any() for p in model.parameters())
+    bf16 = hub.load_model(dtype=torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16
+
+
+def test_predictor_matches_the_reference(default_pair, photo, helpers):
+    import segment_anything
+
+    from promptseg import SamPredictor
+
+    ref, ours = default_pair
+    ref_p, our_p = segment_anything.SamPredictor(ref), SamPredictor(ours)
+    ref_p.set_image(photo)
+    our_p.set_image(photo)
+    helpers.assert_close(our_p.features, ref_p.features, "image embedding")
+    prompts = [
+        dict(point_coords=np.array([[150.0, 120.0]]), point_labels=np.array([1]), multimask_output=True),
+        dict(box=np.array([60.0, 40.0, 240.0, 260.0]), multimask_output=False),
+        dict(point_coords=np.array([[150.0, 120.0], [40.0, 250.0]]), point_labels=np.array([1, 0]),
+             box=np.array([60.0, 40.0, 240.0, 260.0]), multimask_output=False),
+    ]
+    for prompt in prompts:
+        helpers.compare_predict(ref_p, our_p, **prompt)
+
+
+def test_automatic_masks_match_the_reference(default_pair, photo):
+    import segment_anything
+    from amg_match import assert_same_masks
+
+    from promptseg import SamAutomaticMaskGenerator
+
+    ref, ours = default_pair
+    options = dict(points_per_side=16, crop_n_layers=1)
+    expected = segment_anything.SamAutomaticMaskGenerator(ref, **options).generate(photo)
+    got = SamAutomaticMaskGenerator(ours, **options).generate(photo)
+    assert_same_masks(expected, got, photo.shape[:2], min_count=5)
