@@ -101,3 +101,17 @@ def test_evaluate_with_a_real_model(tiny_sam):
     assert 1 <= summary["noc@90"] <= 5
     with pytest.raises(ValueError, match="no masks"):
         summarize([])
+
+
+def test_evaluate_skips_masks_below_the_area_limits():
+    big = rect()
+    small = np.zeros_like(big)
+    small[:3, :3] = True  # 9 px
+    items = [{"image": np.zeros((*big.shape, 3), np.uint8), "masks": np.stack([big, small])}]
+    count = lambda config: evaluate(OraclePredictor(big), items, config, progress=False)[0]["masks"]  # noqa: E731
+    assert count(EvalConfig(grabcut=False, max_clicks=2, min_area=1)) == 2
+    assert count(EvalConfig(grabcut=False, max_clicks=2)) == 1  # 16 px by default
+    fraction = big.sum() / big.size
+    assert count(EvalConfig(grabcut=False, max_clicks=2, min_area=1, min_area_fraction=fraction / 2)) == 1
+    with pytest.raises(ValueError, match="no masks"):
+        count(EvalConfig(grabcut=False, max_clicks=2, min_area=1, min_area_fraction=fraction * 2))

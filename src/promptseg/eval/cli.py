@@ -54,7 +54,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     dataset = open_dataset(args.dataset, args.format, args.annotations, args.masks)
     model = _load_model(args.checkpoint, args.device, args.dtype)
-    config = EvalConfig(max_clicks=args.max_clicks, grabcut=not args.no_grabcut, mask_prompt=not args.no_mask_prompt)
+    config = EvalConfig(max_clicks=args.max_clicks, grabcut=not args.no_grabcut, mask_prompt=not args.no_mask_prompt,
+                        min_area=args.min_area, min_area_fraction=args.min_area_fraction)
     items = (dataset[i] for i in range(len(dataset)))
     summary, records = evaluate(SamPredictor(model), items, config, max_masks=args.max_masks)
     print(format_report(summary))
@@ -90,6 +91,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--max-masks", type=int, default=None, help="stop after this many masks")
     p.add_argument("--max-clicks", type=int, default=20)
+    p.add_argument("--min-area", type=int, default=16, metavar="PIXELS", help="skip smaller masks (default 16)")
+    p.add_argument("--min-area-fraction", type=float, default=0.0, metavar="F",
+                   help="skip masks covering less than this fraction of their image (default 0)")
     p.add_argument("--no-grabcut", action="store_true", help="skip the GrabCut baseline")
     p.add_argument("--no-mask-prompt", action="store_true", help="do not feed the previous logits back")
     p.add_argument("-o", "--output", help="write the full JSON report here")

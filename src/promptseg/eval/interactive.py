@@ -29,6 +29,7 @@ class EvalConfig:
     mask_prompt: bool = True  # pass the previous prediction's logits to the next click (§A)
     grabcut: bool = True
     min_area: int = 16  # masks smaller than this (pixels) are skipped
+    min_area_fraction: float = 0.0  # ... and masks covering less than this fraction of their image
 
 
 def evaluate_mask(predictor: Any, image: np.ndarray, gt: np.ndarray, config: EvalConfig = EvalConfig()) -> Dict[str, Any]:
@@ -105,7 +106,8 @@ def evaluate(
     bar = tqdm(total=max_masks, desc="eval masks", unit="mask", disable=not progress)
     for item in items:
         image, gts = item["image"], np.asarray(item["masks"], dtype=bool)
-        keep = [m for m in gts if m.sum() >= config.min_area]
+        least = max(config.min_area, config.min_area_fraction * gts.shape[-2] * gts.shape[-1])
+        keep = [m for m in gts if m.sum() >= least]
         if not keep:
             continue
         predictor.set_image(image)
