@@ -35,6 +35,25 @@ def photo_1024() -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((1024, 1024), Image.BICUBIC))
 
 
+CLICK_GRID = (0.2, 0.35, 0.5, 0.65, 0.8)
+
+
+def bf16_agreement(fp32, bf16, image: np.ndarray) -> float:
+    """Mean IoU of bf16's masks against float32's over a grid of single clicks (both set on ``image``),
+    comparing the output that float32 ranks first (so a flip in the ranking does not hide a difference)."""
+    h, w = image.shape[:2]
+    ious = []
+    for fy in CLICK_GRID:
+        for fx in CLICK_GRID:
+            prompt = dict(point_coords=np.array([[fx * w, fy * h]]), point_labels=np.array([1]), multimask_output=True)
+            ref_masks, ref_scores, _ = fp32.predict(**prompt)
+            masks, _, _ = bf16.predict(**prompt)
+            k = int(np.argmax(ref_scores))
+            union = np.logical_or(ref_masks[k], masks[k]).sum()
+            ious.append(1.0 if union == 0 else np.logical_and(ref_masks[k], masks[k]).sum() / union)
+    return float(np.mean(ious))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="SAM checkpoint (default: the bundled model)")
@@ -66,6 +85,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         impls.append(("reference", segment_anything.SamPredictor(reference_sam(model))))
     impls.append(("promptseg", SamPredictor(model)))
+    impls.append(("promptseg-bf16", SamPredictor(load_model(args.checkpoint, dtype=torch.bfloat16).eval())))
     for name, predictor in impls:
         with torch.inference_mode():
             results[f"encode/{name}"] = timed(lambda: predictor.set_image(image), args.repeats)
@@ -80,6 +100,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             r = results[f"{what}/{name}"]
             ratio = f"{base / r['median_s']:.2f}×" if base else ""
             print(f"{what + '/' + name:24s} {r['median_s'] * 1e3:8.1f}ms {r['first_s'] * 1e3:8.1f}ms {ratio:>8s}")
+    print(f"bf16 vs float32 masks (the float32 top-ranked output, {len(CLICK_GRID) ** 2} clicks on a grid): "
+          f"mean IoU {bf16_agreement(impls[-2][1], impls[-1][1], image):.4f}")
     encode = results["encode/promptseg"]["median_s"]
     verdict = "meets" if encode <= TARGET_ENCODE_S else "MISSES"
     print(f"image encoding {encode:.3f} s per 1024-px image: {verdict} the ≤ {TARGET_ENCODE_S:.0f} s target")

@@ -84,7 +84,8 @@ def _add_model_options(p: argparse.ArgumentParser, checkpoint_help: str) -> None
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
 
 
-SUBCOMMAND_MODULES = ("promptseg.data.cli", "promptseg.train.cli", "promptseg.eval.cli", "promptseg.amg.cli")
+SUBCOMMAND_MODULES = ("promptseg.data.cli", "promptseg.train.cli", "promptseg.eval.cli", "promptseg.amg.cli",
+                      "promptseg.incontext.cli", "promptseg.train.seggpt_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,11 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="segment the bundled sample photos and write overlays",
-        description="Segment each bundled sample photo with a click and with a box, and write overlay PNGs.",
+        description="Segment each bundled sample photo with a click, with a box and automatically (§B), and write overlay PNGs.",
     )
     p.add_argument("-o", "--output", default="promptseg-demo", metavar="OUTDIR",
                    help="output directory (default: ./promptseg-demo)")
     _add_model_options(p, "SAM checkpoint: official .pth or promptseg .safetensors (default: the bundled model)")
+    p.add_argument("--points-per-side", type=int, default=16, metavar="N",
+                   help="point grid of the automatic masks (default 16: §D.2's grid; 32 is the reference's)")
     p.set_defaults(func=cmd_demo)
 
     for module in SUBCOMMAND_MODULES:  # data, train, eval: each registers its own sub-command
@@ -397,6 +400,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from promptseg import io
+    from promptseg.amg import SamAutomaticMaskGenerator
+    from promptseg.amg.outputs import render_masks_overlay, write_png
     from promptseg.predictor import SamPredictor
 
     photos = io.sample_images()
@@ -423,6 +428,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         path = out / f"{photo.stem}_box.png"
         io.save_overlay_png(image, masks[0], path, boxes=box, scores=[float(scores[0])])
         lines.append(f"{path}  box around {prompts['box_target']}  score {scores[0]:.3f}")
+
+        # automatic masks (§B): a point grid, filtered by predicted IoU and stability, then NMS
+        records = SamAutomaticMaskGenerator(model, points_per_side=args.points_per_side).generate(image)
+        path = out / f"{photo.stem}_auto.png"
+        write_png(render_masks_overlay(image, records), path)
+        lines.append(f"{path}  automatic masks: {len(records)}")
     for line in lines:
         print(line)
     print(f"{len(lines)} overlays written to {out}")

@@ -162,18 +162,19 @@ def test_convert_errors(files, capsys, tmp_path):
 # --------------------------------------------------------------------------------------------- demo
 def test_demo_writes_overlays(files, capsys, tmp_path):
     out = tmp_path / "demo"
-    code, stdout, err = run(capsys, "demo", "-o", out, "--checkpoint", files["ckpt"])
+    code, stdout, err = run(capsys, "demo", "-o", out, "--checkpoint", files["ckpt"], "--points-per-side", "4")
     assert code == 0, err
     photos = io.sample_images()
     assert len(photos) == 2
     for photo in photos:
         with Image.open(photo) as im:
             size = im.size
-        for kind in ("point", "box"):
+        for kind in ("point", "box", "auto"):
             path = out / f"{photo.stem}_{kind}.png"
             assert_png(path, size, "RGB")
             assert str(path) in stdout
-    assert "4 overlays written" in stdout
+    assert "automatic masks:" in stdout
+    assert "6 overlays written" in stdout
     assert "photo" in err  # the progress bar
 
 

@@ -107,6 +107,21 @@ def test_resume_continues_exactly(tmp_path):
     assert a["data"] == b["data"] and a["step"] == b["step"] == 5
 
 
+def test_a_run_extended_with_later_milestones_equals_a_run_started_with_them(tmp_path):
+    from promptseg.train.cli import main
+
+    longer = {"max_steps": 6, "milestones": [5]}
+    reference = train(make_config(tmp_path / "full", **longer))
+    short = tmp_path / "short"
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(config_dict(short, max_steps=4, milestones=[3])))
+    assert main([str(path), "--max-steps", "2"]) == 0  # stopped before its first milestone (3)
+    path.write_text(json.dumps(config_dict(short, **longer)))
+    assert main([str(path), "--resume"]) == 0  # extended: milestone 5, 6 steps
+    assert read_metrics(short) == read_metrics(tmp_path / "full")
+    assert [float(r["lr"]) for r in read_metrics(short)][-2:] == [r["lr"] for r in reference.history][-2:]
+
+
 def test_fresh_run_refuses_an_output_directory_with_checkpoints(tmp_path):
     train(make_config(tmp_path, max_steps=2))
     with pytest.raises(ValueError, match="--resume"):

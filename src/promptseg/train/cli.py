@@ -42,12 +42,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    """Execute ``train`` for parsed arguments; returns the exit status."""
-    from promptseg.train.config import TrainConfig
-    from promptseg.train.trainer import train
-
-    config = TrainConfig.from_json(args.config)
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The config fields that ``--out``, ``--device``, ``--max-steps`` and ``--no-progress`` replace."""
     changes: dict = {}
     if args.out is not None:
         changes["out_dir"] = args.out
@@ -59,11 +55,17 @@ def run(args: argparse.Namespace) -> int:
         changes["max_steps"] = args.max_steps
     if getattr(args, "no_progress", False):
         changes["progress"] = False
+    return changes
+
+
+def run_training(config: Any, args: argparse.Namespace, train_fn: Any) -> int:
+    """Apply the command-line overrides to ``config``, run ``train_fn(config, resume=…)`` and print a summary."""
+    changes = config_overrides(args)
     if changes:
         config = config.replace(**changes)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    result = train(config, resume=args.resume)
+    result = train_fn(config, resume=args.resume)
     if result.model_path is not None:
         last = result.history[-1] if result.history else None
         summary = f"loss {last['loss']:.4f}, mIoU {last['miou']:.3f}, " if last else ""
@@ -74,21 +76,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="promptseg train", description=DESCRIPTION)
+def run(args: argparse.Namespace) -> int:
+    """Execute ``train`` for parsed arguments; returns the exit status."""
+    from promptseg.train.config import TrainConfig
+    from promptseg.train.trainer import train
+
+    return run_training(TrainConfig.from_json(args.config), args, train)
+
+
+def run_main(prog: str, description: str, run_fn: Any, argv: Optional[Sequence[str]] = None) -> int:
+    """A stand-alone entry point: parse :func:`add_arguments`, call ``run_fn(args)``; errors → one line, 2."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)
-        return run(args)
+        return run_fn(args)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except (ValueError, OSError) as err:
         message = " ".join(str(err).split()) or type(err).__name__
-        print(f"promptseg train: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {message}", file=sys.stderr)
     except KeyboardInterrupt:
-        print("promptseg train: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return EXIT_USAGE
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main("promptseg train", DESCRIPTION, run, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,6 +31,14 @@ def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
         raise ValueError(f"unknown key(s) in {where}: {unknown}; expected some of {sorted(names)}")
 
 
+def check_model_spec(spec: Any) -> None:
+    """A model section names either ``preset`` or ``config`` (not both), or at least a ``checkpoint``."""
+    if spec.preset is not None and spec.config is not None:
+        raise ValueError("model: give either 'preset' or 'config', not both")
+    if spec.preset is None and spec.config is None and spec.checkpoint is None:
+        raise ValueError("model: give a 'preset', a 'config' or a 'checkpoint'")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Which SAM to train: a ``preset`` (``vit_b``/``vit_l``/``vit_h``) or a full ``config`` (a
@@ -43,10 +51,7 @@ class ModelSpec:
     checkpoint: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.preset is not None and self.config is not None:
-            raise ValueError("model: give either 'preset' or 'config', not both")
-        if self.preset is None and self.config is None and self.checkpoint is None:
-            raise ValueError("model: give a 'preset', a 'config' or a 'checkpoint'")
+        check_model_spec(self)
         if self.preset is not None:
             from promptseg.models.sam.config import SAM_PRESETS
 
@@ -54,6 +59,9 @@ class ModelSpec:
                 raise ValueError(f"model.preset: unknown preset {self.preset!r}; choose one of {sorted(SAM_PRESETS)}")
         if self.config is not None:
             self.sam_config()  # validate now (unknown keys, inconsistent widths)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     def sam_config(self) -> Any:
         """The :class:`SamConfig` named by ``preset``/``config`` (None: take it from the checkpoint)."""
@@ -88,42 +96,40 @@ class DatasetSpec:
         return {"type": self.type, **self.options}
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    model: ModelSpec
-    dataset: DatasetSpec
-    #: "full" trains everything; "decoder" freezes image encoder + prompt encoder; "decoder+prompt"
-    #: freezes the image encoder only. Frozen parts run in eval mode (no drop path).
-    mode: str = "full"
+def parse_sections(cls: type, data: Mapping[str, Any], where: str, model_cls: type) -> Dict[str, Any]:
+    """Keyword arguments of a trainer config ``cls`` from JSON ``data``: unknown keys rejected, the required
+    ``model`` (a ``model_cls``) and ``dataset`` (a :class:`DatasetSpec`) sections parsed, ``betas`` and
+    ``milestones`` made tuples."""
+    _check_keys(cls, data, where)
+    for key in ("model", "dataset"):
+        if key not in data:
+            raise ValueError(f"{where}: missing required key {key!r}")
+    kwargs = dict(data)
+    _check_keys(model_cls, kwargs["model"], "model")
+    kwargs["model"] = model_cls(**kwargs["model"])
+    kwargs["dataset"] = DatasetSpec.from_dict(kwargs["dataset"])
+    for key in ("betas", "milestones"):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key])
+    return kwargs
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopConfig:
+    """What :class:`promptseg.train.trainer.Trainer` reads — output, device, seed, data loading, AdamW with
+    layer decay, warm-up + step decay, gradient accumulation, bf16, bookkeeping — with its checks and the
+    JSON plumbing. Every trainer's config derives from it; the fields are keyword-only, so a subclass lists
+    its own fields freely and re-declares the defaults it changes. The defaults are SAM's (§A)."""
+
     out_dir: str = "runs/sam"
     #: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", …
     device: str = "auto"
     seed: int = 0
 
     # data
-    batch_size: int = 1  # images per process and micro-step
-    masks_per_image: int = 64  # at most this many GT masks, sampled at random, per image
-    max_mask_area: float = 0.9  # discard masks covering more than this fraction of the image (§A)
-    min_mask_area: float = 0.0  # discard masks covering less (e.g. parts below the decoder's resolution)
+    batch_size: int = 1  # samples (SAM: images) per process and micro-step
     shuffle: bool = True
     num_workers: int = 0
-
-    # prompt simulation (§A "Training algorithm")
-    rounds: int = 11
-    points_per_round: int = 1
-    box_probability: float = 0.5
-    box_noise_std: float = 0.1
-    box_noise_max: float = 20.0
-    detach_mask_prompt: bool = True
-    loss_resolution: str = "input"  # "input": logits upsampled to img_size²; "low_res": GT downsampled
-    recompute_loss: bool = True  # recompute the full-size loss maps in backward (memory ↓, same numbers)
-
-    # losses (§A "Losses")
-    focal_weight: float = 20.0
-    dice_weight: float = 1.0
-    iou_weight: float = 1.0
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
 
     # optimisation (§A "Training recipe")
     lr: float = 8e-4
@@ -151,16 +157,10 @@ class TrainConfig:
             if not cond:
                 raise ValueError(message)
 
-        need(self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}")
-        need(self.loss_resolution in LOSS_RESOLUTIONS, f"loss_resolution must be one of {LOSS_RESOLUTIONS}")
-        for name in ("batch_size", "masks_per_image", "rounds", "points_per_round", "max_steps", "grad_accum",
-                     "checkpoint_every", "log_every"):
+        for name in ("batch_size", "max_steps", "grad_accum", "checkpoint_every", "log_every"):
             need(int(getattr(self, name)) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
         for name in ("num_workers", "warmup", "keep_checkpoints"):
             need(int(getattr(self, name)) >= 0, f"{name} must be ≥ 0, got {getattr(self, name)}")
-        need(0.0 < self.max_mask_area <= 1.0, "max_mask_area must be in (0, 1]")
-        need(0.0 <= self.min_mask_area < self.max_mask_area, "min_mask_area must be in [0, max_mask_area)")
-        need(0.0 <= self.box_probability <= 1.0, "box_probability must be in [0, 1]")
         need(self.lr > 0, "lr must be positive")
         need(len(self.betas) == 2, "betas must be two numbers")
         need(0.0 < self.layer_decay <= 1.0, "layer_decay must be in (0, 1]")
@@ -170,22 +170,11 @@ class TrainConfig:
 
     # ------------------------------------------------------------------------------------- (de)serialisation
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        _check_keys(cls, data, "train config")
-        for key in ("model", "dataset"):
-            if key not in data:
-                raise ValueError(f"train config: missing required key {key!r}")
-        kwargs = dict(data)
-        _check_keys(ModelSpec, kwargs["model"], "model")
-        kwargs["model"] = ModelSpec(**kwargs["model"])
-        kwargs["dataset"] = DatasetSpec.from_dict(kwargs["dataset"])
-        for key in ("betas", "milestones"):
-            if key in kwargs:
-                kwargs[key] = tuple(kwargs[key])
-        return cls(**kwargs)
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:  # pragma: no cover - every config defines its own
+        raise NotImplementedError
 
     @classmethod
-    def from_json(cls, path: Union[str, Path]) -> "TrainConfig":
+    def from_json(cls, path: Union[str, Path]) -> Any:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -197,13 +186,14 @@ class TrainConfig:
             raise ValueError(f"{path}: {err}") from err
 
     def to_dict(self) -> Dict[str, Any]:
+        """The config as JSON-able data: the subclass's own fields (model, dataset, …) first, then the loop's."""
+        loop = {f.name for f in dataclasses.fields(LoopConfig)}
+        ordered = sorted(dataclasses.fields(self), key=lambda f: f.name in loop)  # stable: keeps declaration order
         out: Dict[str, Any] = {}
-        for f in dataclasses.fields(self):
+        for f in ordered:
             value = getattr(self, f.name)
-            if isinstance(value, DatasetSpec):
+            if hasattr(value, "to_dict"):  # the sections: model, dataset, …
                 value = value.to_dict()
-            elif isinstance(value, ModelSpec):
-                value = {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
@@ -212,5 +202,54 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> Any:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TrainConfig(LoopConfig):
+    model: ModelSpec
+    dataset: DatasetSpec
+    #: "full" trains everything; "decoder" freezes image encoder + prompt encoder; "decoder+prompt"
+    #: freezes the image encoder only. Frozen parts run in eval mode (no drop path).
+    mode: str = "full"
+
+    # data (and LoopConfig's batch_size, shuffle, num_workers)
+    masks_per_image: int = 64  # at most this many GT masks, sampled at random, per image
+    max_mask_area: float = 0.9  # discard masks covering more than this fraction of the image (§A)
+    min_mask_area: float = 0.0  # discard masks covering less (e.g. parts below the decoder's resolution)
+
+    # prompt simulation (§A "Training algorithm")
+    rounds: int = 11
+    points_per_round: int = 1
+    box_probability: float = 0.5
+    box_noise_std: float = 0.1
+    box_noise_max: float = 20.0
+    detach_mask_prompt: bool = True
+    loss_resolution: str = "input"  # "input": logits upsampled to img_size²; "low_res": GT downsampled
+    recompute_loss: bool = True  # recompute the full-size loss maps in backward (memory ↓, same numbers)
+
+    # losses (§A "Losses")
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, message: str) -> None:
+            if not cond:
+                raise ValueError(message)
+
+        need(self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}")
+        need(self.loss_resolution in LOSS_RESOLUTIONS, f"loss_resolution must be one of {LOSS_RESOLUTIONS}")
+        for name in ("masks_per_image", "rounds", "points_per_round"):
+            need(int(getattr(self, name)) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
+        need(0.0 < self.max_mask_area <= 1.0, "max_mask_area must be in (0, 1]")
+        need(0.0 <= self.min_mask_area < self.max_mask_area, "min_mask_area must be in [0, max_mask_area)")
+        need(0.0 <= self.box_probability <= 1.0, "box_probability must be in [0, 1]")
+        super().__post_init__()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        return cls(**parse_sections(cls, data, "train config", ModelSpec))

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -43,27 +43,40 @@ def _embedding_parameter_names(model: nn.Module) -> set:
     }
 
 
-def no_weight_decay(name: str, param: torch.Tensor, embeddings: set) -> bool:
-    """Biases and norm weights (every tensor with ≤ 1 dimension), position embeddings, token embeddings."""
-    return param.ndim <= 1 or name.endswith(NO_DECAY_SUFFIXES) or name in embeddings
+def no_weight_decay(name: str, param: torch.Tensor, embeddings: set, suffixes: Tuple[str, ...] = ()) -> bool:
+    """Biases and norm weights (every tensor with ≤ 1 dimension), position embeddings, token embeddings
+    (and names ending with one of the extra ``suffixes``)."""
+    return param.ndim <= 1 or name.endswith(NO_DECAY_SUFFIXES + tuple(suffixes)) or name in embeddings
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0) -> List[Dict[str, Any]]:
-    """AdamW parameter groups of a SAM (only parameters with ``requires_grad``).
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    layer_decay: float = 1.0,
+    *,
+    depth: Optional[int] = None,
+    layer_of: Callable[[str, int], int] = layer_id,
+    no_decay_suffixes: Sequence[str] = (),
+) -> List[Dict[str, Any]]:
+    """AdamW parameter groups (only parameters with ``requires_grad``); by default those of a SAM.
 
     One group per (layer, decay) pair, each with ``lr = lr · lr_scale``, its ``weight_decay`` (0 for the
     no-decay set), and the informative keys ``lr_scale`` and ``name`` (kept in the optimiser state).
+    Another ViT plugs in its ``depth`` (default: :func:`encoder_depth`), its ``layer_of(name, depth)``
+    (default: :func:`layer_id`) and extra ``no_decay_suffixes`` (e.g. its learned tokens).
     """
     if not 0.0 < layer_decay <= 1.0:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
-    depth = encoder_depth(model)
+    depth = encoder_depth(model) if depth is None else int(depth)
     embeddings = _embedding_parameter_names(model)
+    suffixes = tuple(no_decay_suffixes)
     groups: Dict[Tuple[int, bool], Dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        lid = layer_id(name, depth)
-        decay = not no_weight_decay(name, param, embeddings)
+        lid = layer_of(name, depth)
+        decay = not no_weight_decay(name, param, embeddings, suffixes)
         key = (lid, decay)
         if key not in groups:
             scale = layer_decay ** (depth + 1 - lid)
@@ -86,8 +99,10 @@ def build_optimizer(
     weight_decay: float = 0.1,
     layer_decay: float = 0.8,
     betas: Sequence[float] = (0.9, 0.999),
+    **group_options: Any,
 ) -> torch.optim.AdamW:
-    groups = param_groups(model, lr, weight_decay, layer_decay)
+    """AdamW over :func:`param_groups` (``group_options``: its keyword-only arguments)."""
+    groups = param_groups(model, lr, weight_decay, layer_decay, **group_options)
     if not groups:
         raise ValueError("no trainable parameters (every parameter is frozen)")
     return torch.optim.AdamW(groups, lr=lr, betas=(float(betas[0]), float(betas[1])), weight_decay=weight_decay)

@@ -61,7 +61,7 @@ from promptseg.train.prompts import (
     round_schedule,
     use_multimask,
 )
-from promptseg.train.schedule import build_optimizer, build_scheduler
+from promptseg.train.schedule import WarmupStepDecay, build_optimizer, build_scheduler
 
 logger = logging.getLogger("promptseg.train")
 
@@ -401,59 +401,104 @@ class Trainer:
     ``resume``: None/False — a fresh run (refused if ``out_dir`` already holds checkpoints);
     True or ``"auto"`` — continue from the latest checkpoint in ``out_dir`` (fresh if there is none);
     a path — continue from that checkpoint file.
+
+    The loop, checkpoints, exact resume, metrics CSV and DDP handling are model-agnostic: another model's
+    trainer (e.g. :mod:`promptseg.train.seggpt`) subclasses this one: its ``__init__`` calls
+    :meth:`_setup_run`, builds its model, ``self.module`` (the training module), :meth:`_wrap_module`,
+    ``self.optimizer`` and ``self.scheduler``, then :meth:`_setup_data` and :meth:`_start`; its config is
+    a :class:`~promptseg.train.config.LoopConfig` (the fields read here); it overrides :attr:`metric_names`,
+    :attr:`network`, :meth:`_to_device` and :meth:`export_model`. ``self.model(generator=…, **batch)``
+    must return a dict with a scalar tensor for every name in :attr:`metric_names` (``"loss"`` first,
+    ``"miou"`` among them: the progress bar shows both).
     """
 
-    def __init__(self, config: TrainConfig, resume: Union[None, bool, str, PathLike] = None) -> None:
-        self.config = config
-        self.dist, self.device = init_distributed(config.device)
-        self.out_dir = Path(config.out_dir)
-        self.resume_from = self._resume_path(resume)
+    #: Metrics returned by the training module, logged per step (``loss`` is back-propagated).
+    metric_names: Tuple[str, ...] = METRIC_NAMES
 
+    @property
+    def csv_columns(self) -> Tuple[str, ...]:
+        return ("step", "lr") + tuple(self.metric_names)
+
+    @property
+    def network(self) -> nn.Module:
+        """The model whose ``state_dict`` is checkpointed (not the DDP / training wrapper)."""
+        return self.sam
+
+    def export_model(self, path: Path) -> None:
+        """Write the final model (rank 0 only)."""
+        from promptseg.models.sam.weights import save_sam
+
+        save_sam(self.sam, path)
+
+    def __init__(self, config: TrainConfig, resume: Union[None, bool, str, PathLike] = None) -> None:
+        self._setup_run(config, resume)
         seed_everything(config.seed)  # same initial weights on every rank
         self.sam = build_model(config).to(self.device)
         self.module = SamTrainingModel(self.sam, config).to(self.device)
-        self.model: nn.Module = self.module
-        if self.dist.enabled:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.module,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=config.rounds < 2,  # 1 round never uses the mask-prompt branch
-            )
+        self._wrap_module(find_unused_parameters=config.rounds < 2)  # 1 round never uses the mask-prompt branch
         self.optimizer = build_optimizer(self.sam, config.lr, config.weight_decay, config.layer_decay, config.betas)
         self.scheduler = build_scheduler(self.optimizer, config.warmup, config.milestones, config.lr_gamma)
 
         dataset = build_dataset(config.dataset.type, config.dataset.options)
         img_size = self.sam.image_encoder.img_size
-        self.samples = TrainSamples(
+        samples = TrainSamples(
             dataset, img_size, config.masks_per_image, config.max_mask_area, config.seed, config.min_mask_area
         )
+        self._setup_data(samples, collate_train)
+        self._start()
+
+    # ------------------------------------------------------------------------------------------- setup
+    # The steps of ``__init__`` shared with other models' trainers (see the class docstring).
+    def _setup_run(self, config: Any, resume: Union[None, bool, str, PathLike]) -> None:
+        self.config = config
+        self.dist, self.device = init_distributed(config.device)
+        self.out_dir = Path(config.out_dir)
+        self.resume_from = self._resume_path(resume)
+
+    def _wrap_module(self, find_unused_parameters: bool = False) -> None:
+        """``self.model``: ``self.module``, in ``DistributedDataParallel`` when distributed."""
+        self.model: nn.Module = self.module
+        if self.dist.enabled:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=find_unused_parameters,
+            )
+
+    def _setup_data(self, samples: Any, collate_fn: Any, what: str = "images") -> None:
+        """Sampler and loader over ``samples`` (a dataset indexed by ``(epoch, index)`` keys)."""
+        config = self.config
+        self.samples = samples
         self.sampler = ResumableSampler(self.samples, self.dist.world_size, self.dist.rank, config.shuffle, config.seed)
         self.batches_per_epoch = self.sampler.num_samples // config.batch_size
         if self.batches_per_epoch < 1:
             raise ValueError(
-                f"dataset of {len(self.samples)} images is too small for batch_size {config.batch_size} on "
+                f"dataset of {len(self.samples)} {what} is too small for batch_size {config.batch_size} on "
                 f"{self.dist.world_size} process(es)"
             )
         self.loader = DataLoader(
             self.samples,
             batch_size=config.batch_size,
             sampler=self.sampler,
-            collate_fn=collate_train,
+            collate_fn=collate_fn,
             num_workers=config.num_workers,
             drop_last=True,
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(config.seed),  # never draws from the global RNG
         )
+
+    def _start(self) -> None:
+        """Step counters, then the resumed state or the per-rank RNG stream of a fresh run."""
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
-        self.trainable = [p for p in self.sam.parameters() if p.requires_grad]
+        self.trainable = [p for p in self.network.parameters() if p.requires_grad]
         self._writer: Any = None
 
         if self.resume_from is not None:
             self._load(self.resume_from)
         else:
-            seed_everything(derive_seed(config.seed, 0xD12, self.dist.rank))  # per-rank drop-path stream
+            seed_everything(derive_seed(self.config.seed, 0xD12, self.dist.rank))  # per-rank drop-path stream
 
     # ------------------------------------------------------------------------------------------ resume
     def _resume_path(self, resume: Union[None, bool, str, PathLike]) -> Optional[Path]:
@@ -482,9 +527,10 @@ class Trainer:
             raise ValueError(f"cannot read training checkpoint {path}: {err}") from err
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a promptseg training checkpoint")
-        self.sam.load_state_dict(state["model"], strict=True)
+        self.network.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_schedule()
         self.step = int(state["step"])
         self.epoch = int(state["data"]["epoch"])
         self.batch_in_epoch = int(state["data"]["batch"])
@@ -497,6 +543,16 @@ class Trainer:
         else:
             seed_everything(derive_seed(self.config.seed, 0xD12, self.dist.rank, self.step))
         logger.info("resumed from %s at step %d", path, self.step)
+
+    def _apply_schedule(self) -> None:
+        """Give the resumed scheduler the warmup/milestones/gamma of the config in use, not the saved
+        ones: a run can be extended (``--max-steps`` with later milestones) and, as long as no milestone
+        has been passed, continues exactly as if it had been started with the new config."""
+        schedule = WarmupStepDecay(self.config.warmup, self.config.milestones, self.config.lr_gamma)
+        for fn in self.scheduler.lr_lambdas:
+            if isinstance(fn, WarmupStepDecay) and vars(fn) != vars(schedule):
+                logger.info("resumed run follows the lr schedule of its config %s (was %s)", vars(schedule), vars(fn))
+                fn.__dict__.update(vars(schedule))
 
     def _save(self) -> Path:
         rng = capture_rng_state()
@@ -512,7 +568,7 @@ class Trainer:
                 "step": self.step,
                 "config": json.dumps(self.config.to_dict()),
                 "world_size": self.dist.world_size,
-                "model": self.sam.state_dict(),
+                "model": self.network.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "data": {"epoch": self.epoch, "batch": self.batch_in_epoch},
@@ -564,7 +620,7 @@ class Trainer:
         def write(tmp: str) -> None:
             with open(tmp, "w", newline="") as f:
                 writer = csv.writer(f)
-                writer.writerow(CSV_COLUMNS)
+                writer.writerow(self.csv_columns)
                 writer.writerows(rows)
 
         atomic_write(csv_path, write)
@@ -580,9 +636,9 @@ class Trainer:
         if not self.dist.is_main:
             return
         with open(self.out_dir / "metrics.csv", "a", newline="") as f:
-            csv.writer(f).writerow([int(row["step"])] + [repr(float(row[k])) for k in CSV_COLUMNS[1:]])
+            csv.writer(f).writerow([int(row["step"])] + [repr(float(row[k])) for k in self.csv_columns[1:]])
         if self._writer is not None:
-            for key in CSV_COLUMNS[1:]:
+            for key in self.csv_columns[1:]:
                 self._writer.add_scalar(f"train/{key}", row[key], int(row["step"]))
 
     # ------------------------------------------------------------------------------------------- train
@@ -591,7 +647,7 @@ class Trainer:
         cfg = self.config
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        sums = torch.zeros(len(METRIC_NAMES), device=self.device)
+        sums = torch.zeros(len(self.metric_names), device=self.device)
         for micro in range(cfg.grad_accum):
             batch = self._to_device(next(batches))
             generator = torch.Generator(device=self.device)
@@ -602,7 +658,7 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                     out = self.model(generator=generator, **batch)
                 (out["loss"] / cfg.grad_accum).backward()
-            sums += torch.stack([out[k].detach().float() for k in METRIC_NAMES])
+            sums += torch.stack([out[k].detach().float() for k in self.metric_names])
         if cfg.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.trainable, cfg.clip_grad_norm)
         lr = self.optimizer.param_groups[-1]["lr"]  # the last group (decoder side) has lr_scale 1
@@ -614,7 +670,7 @@ class Trainer:
             dist.all_reduce(metrics)
             metrics /= self.dist.world_size
         values = metrics.tolist()
-        return {"step": float(self.step), "lr": float(lr), **dict(zip(METRIC_NAMES, values))}
+        return {"step": float(self.step), "lr": float(lr), **dict(zip(self.metric_names, values))}
 
     def train(self, max_steps: Optional[int] = None) -> TrainResult:
         """Train until ``max_steps`` (default: the config's) optimiser steps; export the final model."""
@@ -633,7 +689,7 @@ class Trainer:
             while self.step < total:
                 row = self.train_step(batches)
                 result.history.append(row)
-                if not all(math.isfinite(row[k]) for k in METRIC_NAMES):
+                if not all(math.isfinite(row[k]) for k in self.metric_names):
                     raise FloatingPointError(f"non-finite loss at step {self.step}: {row}")
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", miou=f"{row['miou']:.3f}", refresh=False)
@@ -651,10 +707,8 @@ class Trainer:
         result.steps = self.step
         result.last_checkpoint = last_saved
         if self.dist.is_main:
-            from promptseg.models.sam.weights import save_sam
-
             result.model_path = self.out_dir / "model.safetensors"
-            save_sam(self.sam, result.model_path)
+            self.export_model(result.model_path)
         if self.dist.enabled:
             dist.barrier()
         return result
@@ -665,10 +719,12 @@ class Trainer:
 
 
 def train(
-    config: TrainConfig, resume: Union[None, bool, str, PathLike] = None, max_steps: Optional[int] = None
+    config: TrainConfig, resume: Union[None, bool, str, PathLike] = None, max_steps: Optional[int] = None,
+    trainer_class: type = Trainer,
 ) -> TrainResult:
-    """Build a :class:`Trainer` for ``config`` and run it (see :class:`Trainer` for ``resume``)."""
-    trainer = Trainer(config, resume=resume)
+    """Build a ``trainer_class`` (:class:`Trainer` or a subclass) for ``config`` and run it (see
+    :class:`Trainer` for ``resume``)."""
+    trainer = trainer_class(config, resume=resume)
     try:
         return trainer.train(max_steps)
     finally:

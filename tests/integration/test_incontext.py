@@ -1,0 +1,435 @@
+"""promptseg.incontext end to end on the tiny SegGPT: predictor, ensembles, video, tuning, CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from promptseg.incontext import palette as pal
+from promptseg.incontext.predictor import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    InContextPrediction,
+    SegGptPredictor,
+    decode_prediction,
+    normalize,
+    to_colors,
+)
+
+
+@pytest.fixture(scope="module")
+def model(helpers):
+    """The tiny SegGPT with every parameter perturbed (its tokens are initialised to zero: the type
+    tokens would make "instance" and "semantic" identical)."""
+    from promptseg.models.seggpt import build_seggpt
+
+    torch.manual_seed(0)
+    return helpers.perturb_(build_seggpt("tiny"), seed=1, std=0.05).eval()
+
+
+@pytest.fixture(scope="module")
+def predictor(model):
+    return SegGptPredictor(model)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model, tmp_path_factory):
+    from promptseg.models.seggpt import save_seggpt
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_seggpt(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sequence():
+    from promptseg.incontext.synth_video import make_sequence
+
+    return make_sequence(0, num_frames=4, size=(48, 64), num_objects=2)
+
+
+def _example(h=40, w=50, seed=0, labels=1):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), np.int64)
+    mask[5:20, 5:25] = 1
+    if labels > 1:
+        mask[25:35, 30:45] = 2
+    return image, mask
+
+
+# --------------------------------------------------------------------------------------------- conventions
+def test_normalisation_matches_transformers_image_processor():
+    from transformers import SegGptImageProcessor
+
+    image, mask = _example(32, 32, labels=2)
+    proc = SegGptImageProcessor(size={"height": 32, "width": 32})
+    out = proc(images=image, prompt_images=image, prompt_masks=mask.astype(np.uint8), num_labels=2,
+               return_tensors="np")
+    np.testing.assert_allclose(normalize(image), out["pixel_values"][0], atol=1e-5)
+    hf_palette = np.array(proc.get_palette(2)[1:], np.uint8)
+    np.testing.assert_allclose(normalize(pal.encode_labels(mask, hf_palette)), out["prompt_masks"][0], atol=1e-5)
+
+
+def test_decoding_matches_transformers_post_processing():
+    from types import SimpleNamespace
+
+    from transformers import SegGptImageProcessor
+
+    proc = SegGptImageProcessor()
+    pred = torch.randn(1, 3, 32, 16, generator=torch.Generator().manual_seed(0))
+    expected = proc.post_process_semantic_segmentation(SimpleNamespace(pred_masks=pred), num_labels=2)[0].numpy()
+    hf_palette = np.array(proc.get_palette(2)[1:], np.uint8)
+    ours = decode_prediction(to_colors(pred[:, :, 16:])[0], (16, 16), hf_palette)
+    assert (ours.labels == expected).mean() > 0.999  # equal up to float ties
+    assert tuple(IMAGENET_MEAN) == tuple(proc.image_mean) and tuple(IMAGENET_STD) == tuple(proc.image_std)
+
+
+# --------------------------------------------------------------------------------------------- predictor
+def test_predict_shapes_at_the_original_size(predictor):
+    image, mask = _example(labels=2)
+    target = np.random.default_rng(5).integers(0, 256, (70, 45, 3), dtype=np.uint8)
+    res = predictor.predict(target, [(image, mask)])
+    assert isinstance(res, InContextPrediction)
+    assert res.labels.shape == (70, 45) and res.labels.dtype == np.int32
+    assert res.masks.shape == (2, 70, 45) and res.masks.dtype == np.bool_
+    assert res.colored.shape == (70, 45, 3) and res.colored.dtype == np.uint8
+    np.testing.assert_array_equal(res.palette, pal.default_palette(2))
+    np.testing.assert_array_equal(res.masks[1], res.labels == 2)
+    assert set(np.unique(res.labels)) <= {0, 1, 2}
+    many = predictor.predict([target, target[:30], target.astype(np.float32) / 255], (image, mask))
+    assert [r.labels.shape for r in many] == [(70, 45), (30, 45), (70, 45)]
+    np.testing.assert_allclose(many[0].colored.astype(int), res.colored.astype(int), atol=1)  # batched alike
+    stacked = predictor.predict(np.stack([target, target]), [(image, mask)])
+    assert isinstance(stacked, list) and len(stacked) == 2
+
+
+def test_batching_does_not_change_results(model):
+    image, mask = _example()
+    targets = [np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8) for i in range(3)]
+    one = SegGptPredictor(model, batch_size=1).predict(targets, [(image, mask)])
+    three = SegGptPredictor(model, batch_size=3).predict(targets, [(image, mask)])
+    for a, b in zip(one, three):
+        np.testing.assert_allclose(a.colored.astype(int), b.colored.astype(int), atol=1)
+
+
+def test_ensemble_modes(predictor, model):
+    target = np.random.default_rng(9).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    ex = [_example(32, 32, seed=s) for s in range(3)]
+    none = predictor.predict(target, ex[:1], ensemble="none")
+    feature1 = predictor.predict(target, ex[:1], ensemble="feature")
+    spatial1 = predictor.predict(target, ex[:1], ensemble="spatial")
+    np.testing.assert_array_equal(feature1.colored, none.colored)  # one example: no ensemble at all
+    np.testing.assert_array_equal(spatial1.colored, none.colored)  # a 1×1 grid is the example itself
+    feature = predictor.predict(target, ex, ensemble="feature")
+    spatial = predictor.predict(target, ex, ensemble="spatial")
+    for r in (feature, spatial):
+        assert r.labels.shape == (32, 32)
+    assert not np.array_equal(feature.colored, none.colored)
+    assert not np.array_equal(spatial.colored, feature.colored)
+    # the feature ensemble is the model's feature_ensemble over the examples as a batch (row 0 read)
+    ctx = predictor.build_context(ex, ensemble="feature")
+    assert ctx.images.shape == (3, 3, 32, 32) and ctx.feature_ensemble
+    x = torch.from_numpy(normalize(target))[None].expand(3, -1, -1, -1)
+    with torch.no_grad():
+        out = model(x, ctx.images, ctx.masks, feature_ensemble=True).pred_masks[:1, :, 32:]
+    np.testing.assert_array_equal(decode_prediction(to_colors(out)[0], (32, 32), ctx.palette).colored, feature.colored)
+    ctx = predictor.build_context(ex, ensemble="spatial")
+    assert ctx.images.shape == (1, 3, 32, 32) and not ctx.feature_ensemble
+
+
+def test_spatial_grid_tiles_examples():
+    from promptseg.incontext.predictor import grid_cells, tile_examples
+
+    assert len(grid_cells(3, (32, 32))) == 4 and len(grid_cells(4, (32, 32))) == 4 and len(grid_cells(5, (32, 32))) == 9
+    images = [np.full((10, 10, 3), v, np.uint8) for v in (10, 20, 30)]
+    masks = [np.full((10, 10, 3), v, np.uint8) for v in (1, 2, 3)]
+    img, mask = tile_examples(images, masks, (32, 32))
+    assert img[0, 0, 0] == 10 and img[0, 31, 0] == 20 and img[31, 0, 0] == 30 and img[31, 31, 0] == 10  # cycled
+    assert mask[0, 0, 0] == 1 and mask[31, 31, 0] == 1
+
+
+def test_colour_masks_define_the_palette(predictor):
+    image, labels = _example(labels=2)
+    colors = np.array([[200, 0, 0], [0, 0, 200]], np.uint8)
+    rgb = pal.encode_labels(labels, colors)
+    res = predictor.predict(image, [(image, rgb)])
+    np.testing.assert_array_equal(res.palette, colors[::-1])  # labels follow sorted RGB: blue is 1, red 2
+    ref = predictor.predict(image, [(image, np.array([0, 2, 1])[labels])], palette=colors[::-1])
+    np.testing.assert_array_equal(res.labels, ref.labels)
+    fixed = predictor.predict(image, [(image, rgb)], palette=colors)  # a palette fixes the numbering
+    np.testing.assert_array_equal(fixed.palette, colors)
+    with pytest.raises(ValueError, match=r"examples\[0\] mask has colour\(s\) \[\(200, 0, 0\)\] that are not in"):
+        predictor.predict(image, [(image, rgb)], palette=[[0, 0, 200], [9, 9, 9]])
+    with pytest.raises(ValueError, match="mix label-map masks and colour masks"):
+        predictor.predict(image, [(image, rgb), (image, labels)])
+
+
+def test_bad_inputs_raise_value_errors_naming_the_argument(predictor):
+    image, mask = _example()
+    target = image
+    with pytest.raises(ValueError, match=r"examples\[1\]: the image is 40×50 but its mask is 40×49"):
+        predictor.predict(target, [(image, mask), (image, mask[:, :-1])])
+    with pytest.raises(ValueError, match=r"examples\[0\] mask is empty"):
+        predictor.predict(target, [(image, np.zeros_like(mask))])
+    with pytest.raises(ValueError, match="ensemble"):
+        predictor.predict(target, [(image, mask)], ensemble="mean")
+    with pytest.raises(ValueError, match="ensemble='none' takes exactly one example"):
+        predictor.predict(target, [(image, mask)] * 2, ensemble="none")
+    with pytest.raises(ValueError, match="give examples"):
+        predictor.predict(target)
+    with pytest.raises(ValueError, match="examples must be a non-empty list"):
+        predictor.predict(target, [])
+    with pytest.raises(ValueError, match=r"examples\[0\] must be an \(image, mask\) pair"):
+        predictor.predict(target, [image])
+    with pytest.raises(ValueError, match="target_images"):
+        predictor.predict(np.zeros((4, 4, 2), np.uint8), [(image, mask)])
+    with pytest.raises(ValueError, match=r"target_images\[1\]"):
+        predictor.predict([target, np.full((4, 4, 3), 2.0)], [(image, mask)])
+    with pytest.raises(ValueError, match=r"examples\[0\] image"):
+        predictor.predict(target, [(image[..., :2], mask)])
+    with pytest.raises(ValueError, match="embedding_type"):
+        predictor.predict(target, [(image, mask)], embedding_type="panoptic")
+    with pytest.raises(ValueError, match="palette has 1 colours but the example masks have labels up to 2"):
+        predictor.predict(target, [_example(labels=2)], palette=[[255, 0, 0]])
+    with pytest.raises(TypeError, match="target_images"):
+        predictor.predict("image.png", [(image, mask)])
+
+
+def test_semantic_embedding_changes_the_output(model, predictor):
+    image, mask = _example()
+    a = predictor.predict(image, [(image, mask)])
+    b = predictor.predict(image, [(image, mask)], embedding_type="semantic")
+    c = SegGptPredictor(model, embedding_type="semantic").predict(image, [(image, mask)])
+    assert not np.array_equal(a.colored, b.colored)
+    np.testing.assert_array_equal(b.colored, c.colored)
+
+
+# --------------------------------------------------------------------------------------------- video
+class _Spy:
+    """Wraps a predictor and records how many examples each call got."""
+
+    def __init__(self, inner):
+        self.inner, self.counts = inner, []
+
+    def predict(self, frame, examples, **kwargs):
+        self.counts.append(len(examples))
+        return self.inner.predict(frame, examples, **kwargs)
+
+
+def test_segment_video_fifo(predictor, sequence):
+    from promptseg.incontext.video import segment_video
+
+    spy = _Spy(predictor)
+    out = list(segment_video(spy, sequence.frames * 2, sequence.labels[0], fifo=2))
+    assert len(out) == 8
+    np.testing.assert_array_equal(out[0], sequence.labels[0])  # the given annotation
+    assert all(o.shape == (48, 64) and o.dtype == np.int32 for o in out)
+    assert spy.counts[0] == 1 and max(spy.counts) <= 3  # first frame + at most K = 2 previous ones
+    with pytest.raises(ValueError, match="first_mask is empty"):
+        list(segment_video(predictor, sequence.frames, np.zeros((48, 64), int)))
+    with pytest.raises(ValueError, match="first_mask is 48×63 but the first frame is 48×64"):
+        list(segment_video(predictor, sequence.frames, sequence.labels[0][:, :-1]))
+
+
+def test_run_video_writes_masks_from_a_folder_and_a_video_file(predictor, sequence, tmp_path):
+    import cv2
+
+    from promptseg.incontext.video import open_frames, run_video
+
+    frames_dir = tmp_path / "frames"
+    frames_dir.mkdir()
+    for i, f in enumerate(sequence.frames):  # natural order: f2 before f10
+        Image.fromarray(f).save(frames_dir / f"f{[2, 10, 11, 30][i]}.png")
+    run = run_video(predictor, frames_dir, sequence.labels[0], tmp_path / "out", fifo=1, progress=False)
+    assert [p.name for p in run.masks] == ["f2.png", "f10.png", "f11.png", "f30.png"]
+    assert len(run.overlays) == 4 and all(p.is_file() for p in run.masks + run.overlays)
+    np.testing.assert_array_equal(pal.read_label_png(run.masks[0]), sequence.labels[0])
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    for f in sequence.frames:
+        writer.write(np.ascontiguousarray(f[..., ::-1]))
+    writer.release()
+    source = open_frames(video)
+    names = [name for name, _ in source]
+    assert names == ["00000", "00001", "00002", "00003"]
+    run = run_video(predictor, source, sequence.labels[0], tmp_path / "vid", overlay=False, progress=False)
+    assert len(run.masks) == 4 and not run.overlays and not (tmp_path / "vid" / "overlays").exists()
+    with pytest.raises(ValueError, match="is the frames folder"):
+        run_video(predictor, frames_dir, sequence.labels[0], frames_dir, progress=False)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        open_frames(tmp_path / "missing")
+    (tmp_path / "junk.mp4").write_bytes(b"nope")
+    with pytest.raises(ValueError, match="cannot read video"):
+        open_frames(tmp_path / "junk.mp4")
+
+
+def test_evaluate_vos_on_synthetic_sequences(predictor, sequence):
+    from promptseg.incontext.synth_video import make_sequences
+    from promptseg.incontext.video import evaluate_vos
+
+    class Oracle:  # returns the ground truth: J&F must be exactly 1
+        def predict(self, frame, examples, **kwargs):
+            i = next(i for i, f in enumerate(sequence.frames) if f is frame)
+            return InContextPrediction(sequence.labels[i].astype(np.int32), None, None, None)
+
+    assert evaluate_vos(Oracle(), [sequence])["JF_mean"] == 1.0
+    seqs = make_sequences(2, seed=3, num_frames=4, size=(32, 32), num_objects=2, emoji=False)
+    assert all(len(np.unique(s.labels[0])) == 3 for s in seqs)  # every object shows in the first frame
+    report = evaluate_vos(predictor, seqs, fifo=2)
+    for key in ("J_mean", "F_mean", "JF_mean"):
+        assert 0.0 <= report[key] <= 1.0
+    assert set(report["sequences"]) == {"synth_0003", "synth_0004"} and report["num_objects"] == 4
+
+
+def test_synthetic_sequence_is_deterministic_with_exact_labels():
+    from promptseg.incontext.synth_video import make_sequence
+
+    a = make_sequence(7, num_frames=3, size=(40, 50), num_objects=3, emoji=False)
+    b = make_sequence(7, num_frames=3, size=(40, 50), num_objects=3, emoji=False)
+    for fa, fb, la, lb in zip(a.frames, b.frames, a.labels, b.labels):
+        np.testing.assert_array_equal(fa, fb)
+        np.testing.assert_array_equal(la, lb)
+        assert fa.shape == (40, 50, 3) and la.shape == (40, 50) and la.max() <= 3
+    assert not np.array_equal(a.labels[0], a.labels[2])  # objects move
+
+
+# --------------------------------------------------------------------------------------------- tuning
+def test_tuning_lowers_the_loss_and_keeps_the_model(model, predictor, tmp_path):
+    from promptseg.incontext.tuning import TunedPrompt, evaluate_prompt, tune_prompt
+
+    pairs = [_example(32, 32, seed=s, labels=2) for s in range(3)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    result = tune_prompt(model, pairs, steps=6, lr=0.05, batch_size=2, seed=0)
+    assert len(result.losses) == 6
+    assert result.final_loss < result.initial_loss
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert [p.requires_grad for p in model.parameters()] == flags and not model.training
+    prompt = result.prompt
+    assert prompt.image_size == (32, 32) and prompt.image.shape == (3, 32, 32)
+    assert evaluate_prompt(model, prompt, pairs) == pytest.approx(result.final_loss, rel=1e-5)
+
+    path = prompt.save(tmp_path / "p.safetensors")
+    loaded = TunedPrompt.load(path)
+    assert torch.equal(loaded.image, prompt.image) and torch.equal(loaded.mask, prompt.mask)
+    np.testing.assert_array_equal(loaded.palette, prompt.palette)
+    assert loaded.embedding_type == "instance" and loaded.metadata["steps"] == 6
+    target = pairs[0][0]
+    a, b = predictor.predict(target, prompt=prompt), predictor.predict(target, prompt=loaded)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.masks.shape == (2, 32, 32)
+    image, mask = prompt.to_images()
+    assert image.shape == mask.shape == (32, 32, 3) and image.dtype == np.uint8
+
+    with pytest.raises(ValueError, match="either examples or prompt"):
+        predictor.predict(target, pairs[:1], prompt=prompt)
+    small = TunedPrompt(prompt.image[:, :16], prompt.mask[:, :16], prompt.palette)
+    with pytest.raises(ValueError, match="tuned for 16×32 inputs but the model takes 32×32"):
+        predictor.predict(target, prompt=small)
+    (tmp_path / "other.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read tuned prompt"):
+        TunedPrompt.load(tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="pairs is empty"):
+        tune_prompt(model, [], steps=1)
+    with pytest.raises(ValueError, match="learn"):
+        tune_prompt(model, pairs, learn="everything")
+
+
+def test_tuning_only_the_mask_leaves_the_image(model):
+    from promptseg.incontext.tuning import TunedPrompt, tune_prompt
+
+    pairs = [_example(32, 32, seed=4)]
+    result = tune_prompt(model, pairs, steps=2, lr=0.05, learn="mask")
+    start = TunedPrompt.from_example(*pairs[0], (32, 32))
+    assert torch.equal(result.prompt.image, start.image)
+    assert not torch.equal(result.prompt.mask, start.mask)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def _write_pair(folder, name, image, labels):
+    Image.fromarray(image).save(folder / f"{name}.png")
+    pal.save_label_png(labels, folder / f"{name}_mask.png")
+    return str(folder / f"{name}.png"), str(folder / f"{name}_mask.png")
+
+
+def test_cli_end_to_end(checkpoint, sequence, tmp_path, capsys):
+    from promptseg.cli import main
+
+    img0, mask0 = _write_pair(tmp_path, "f0", sequence.frames[0], sequence.labels[0])
+    img1, mask1 = _write_pair(tmp_path, "f1", sequence.frames[1], sequence.labels[1])
+    ck = str(checkpoint)
+    out = tmp_path / "out"
+    assert main(["incontext", img1, "--example", img0, mask0, "--example", img1, mask1, "--checkpoint", ck,
+                 "-o", str(out), "--ensemble", "spatial", "--colored"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["f1.colored.png", "f1.overlay.png", "f1.png"]
+    assert pal.read_label_png(out / "f1.png").shape == (48, 64)
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, f in enumerate(sequence.frames):
+        Image.fromarray(f).save(frames / f"{i:03d}.jpg")
+    assert main(["incontext", "video", str(frames), "--first-mask", mask0, "-o", str(tmp_path / "vid"),
+                 "--fifo", "1", "--checkpoint", ck, "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "vid").glob("*.png")) == ["000.png", "001.png", "002.png", "003.png"]
+    assert len(list((tmp_path / "vid" / "overlays").glob("*.png"))) == 4
+
+    prompt = tmp_path / "prompt.safetensors"
+    assert main(["incontext", "tune", "--pair", img0, mask0, "--pair", img1, mask1, "-o", str(prompt),
+                 "--steps", "2", "--checkpoint", ck, "-q", "--preview"]) == 0
+    assert prompt.is_file() and (tmp_path / "prompt.png").is_file()
+    assert main(["incontext", str(frames), "--prompt", str(prompt), "--checkpoint", ck, "-o", str(tmp_path / "tuned"),
+                 "--no-overlay"]) == 0
+    assert sorted(p.name for p in (tmp_path / "tuned").iterdir()) == ["000.png", "001.png", "002.png", "003.png"]
+    assert "loss" in capsys.readouterr().out
+
+
+def test_cli_errors_exit_2(checkpoint, sequence, tmp_path, capsys, monkeypatch):
+    from promptseg.cli import main
+    from promptseg.incontext import predictor as predictor_module
+
+    img0, mask0 = _write_pair(tmp_path, "f0", sequence.frames[0], sequence.labels[0])
+    monkeypatch.setattr(predictor_module, "default_seggpt_path", lambda: None)
+    assert main(["incontext", img0, "--example", img0, mask0, "-o", str(tmp_path / "o")]) == 2
+    assert "bundles no default SegGPT model" in capsys.readouterr().err
+    (tmp_path / "clip.mp4").write_bytes(b"not a video")
+    assert main(["incontext", "video", str(tmp_path / "clip.mp4"), "--first-mask", mask0, "-o", str(tmp_path / "v")]) == 2
+    assert "cannot read video" in capsys.readouterr().err
+    assert main(["incontext", img0, "-o", str(tmp_path / "o")]) == 2
+    assert "--example IMG MASK" in capsys.readouterr().err
+    small = str(tmp_path / "small.png")
+    Image.fromarray(np.ones((5, 5), np.uint8)).save(small)
+    assert main(["incontext", img0, "--example", img0, small, "--checkpoint", str(checkpoint), "-o", str(tmp_path / "o")]) == 2
+    assert "the image is 64×48 pixels but the mask is 5×5" in capsys.readouterr().err
+    assert main(["incontext", "missing.png", "--example", img0, mask0, "-o", str(tmp_path / "o")]) == 2
+    assert "target not found" in capsys.readouterr().err
+    assert main(["incontext", "tune", "--pair", img0, mask0, "-o", str(tmp_path / "p.bin")]) == 2
+    assert "must end in .safetensors" in capsys.readouterr().err
+    assert main(["incontext", "video", "--fifo", "-1", img0, "--first-mask", mask0, "-o", "x"]) == 2
+    assert "promptseg incontext video: error" in capsys.readouterr().err
+    assert main(["incontext", img0, "--example", img0, mask0, "-o", str(tmp_path)]) == 2
+    assert "would overwrite the target" in capsys.readouterr().err
+    assert main(["incontext", "--help"]) == 0
+    assert "incontext video --help" in capsys.readouterr().out
+
+
+def test_predictor_gives_the_same_with_the_transformers_model(model, predictor):
+    """The predictor's I/O conventions hold for transformers' SegGptForImageSegmentation too."""
+    from transformers import SegGptConfig as HfSegGptConfig
+    from transformers import SegGptForImageSegmentation
+
+    from promptseg.models.seggpt.weights import config_to_hf, to_hf_state_dict
+
+    fields = {k: v for k, v in config_to_hf(model.config).items() if k not in ("model_type", "architectures")}
+    hf = SegGptForImageSegmentation(HfSegGptConfig(**fields)).eval()
+    hf.load_state_dict(to_hf_state_dict(model))
+    theirs = SegGptPredictor(hf)
+    assert theirs.image_size == predictor.image_size == (32, 32)
+    target = np.random.default_rng(3).integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    ex = [_example(seed=s, labels=2) for s in range(2)]
+    for ensemble in ("feature", "spatial"):
+        a, b = predictor.predict(target, ex, ensemble=ensemble), theirs.predict(target, ex, ensemble=ensemble)
+        np.testing.assert_allclose(a.colored.astype(int), b.colored.astype(int), atol=1)
