@@ -72,7 +72,9 @@ def test_automatic_masks_match_the_reference(default_pair, photo):
     from promptseg import SamAutomaticMaskGenerator
 
     ref, ours = default_pair
-    options = dict(points_per_side=16, crop_n_layers=1)
+    # The reference's 0.88 / 0.95 filters leave this small model no masks on a photo, and the reference
+    # fails on a crop without masks (torchvision's box_area on an empty tensor): filter less.
+    options = dict(points_per_side=16, crop_n_layers=1, pred_iou_thresh=0.3, stability_score_thresh=0.3)
     expected = segment_anything.SamAutomaticMaskGenerator(ref, **options).generate(photo)
     got = SamAutomaticMaskGenerator(ours, **options).generate(photo)
-    assert_same_masks(expected, got, photo.shape[:2], min_count=5)
+    assert_same_masks(expected, got, photo.shape[:2], min_count=20)
