@@ -4,7 +4,8 @@
 * :mod:`~promptseg.incontext.palette` — label maps ↔ colour-coded masks (several objects per call);
 * :func:`segment_video` / :func:`run_video` — first-frame mask propagation (§4.4);
 * :func:`tune_prompt` / :class:`TunedPrompt` — in-context tuning (§4.6);
-* :func:`make_sequences` and :func:`evaluate_vos` — synthetic videos and their J&F.
+* :func:`make_sequences` and :func:`evaluate_vos` — synthetic videos and their J&F;
+* :func:`oneshot_episodes`, :func:`compare_ensembles` — one-shot mIoU with 1 vs k examples (§3.2).
 
 These modules import only numpy at import time; torch, PIL, OpenCV and the model load on first use.
 """
@@ -19,6 +20,7 @@ from promptseg.incontext.palette import (
     read_label_png,
     save_label_png,
 )
+from promptseg.incontext.evaluate import compare_ensembles, evaluate_oneshot, evaluate_video, oneshot_episodes
 from promptseg.incontext.predictor import (
     InContextPrediction,
     NoDefaultSegGptError,
@@ -36,4 +38,5 @@ __all__ = [
     "segment_video", "run_video", "open_frames", "evaluate_vos",
     "TunedPrompt", "TuningResult", "tune_prompt",
     "SyntheticSequence", "make_sequence", "make_sequences",
+    "oneshot_episodes", "evaluate_oneshot", "compare_ensembles", "evaluate_video",
 ]

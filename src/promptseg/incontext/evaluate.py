@@ -31,6 +31,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from promptseg.eval.protocols import mask_iou  # one IoU for SAM and SegGPT evaluation
+
 #: Settings of :func:`compare_ensembles`, in report order: key → (ensemble, use all ``k`` examples).
 COMPARISON = (("one", "none", False), ("feature", "feature", True), ("spatial", "spatial", True))
 DEFAULT_EXAMPLES = 4
@@ -172,12 +174,6 @@ def oneshot_episodes(
 
 
 # ================================================================================================ one-shot
-def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    """IoU of two ``H×W`` bool masks (1.0 when both are empty)."""
-    union = int(np.logical_or(pred, gt).sum())
-    return 1.0 if union == 0 else int(np.logical_and(pred, gt).sum()) / union
-
-
 def _foreground(result: Any) -> np.ndarray:
     """The predicted foreground of a prediction (any label)."""
     return np.asarray(result.labels) > 0
