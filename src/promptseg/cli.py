@@ -187,15 +187,7 @@ def _load_model(checkpoint: Optional[str], device: str, dtype: str) -> Any:
 
     from promptseg import hub
 
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown --device {device!r}; use e.g. cpu, cuda or cuda:1") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA GPU is available on this machine; use --device cpu")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {device}: Apple MPS is not available on this machine; use --device cpu")
-    return hub.load_model(checkpoint, device=dev, dtype=getattr(torch, dtype))
+    return hub.load_model(checkpoint, device=hub.usable_device(device), dtype=getattr(torch, dtype))
 
 
 def _check_inside(points: Sequence[Point], boxes: Sequence[Box], image: str, size: Tuple[int, int]) -> None:

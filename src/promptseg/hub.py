@@ -23,6 +23,19 @@ def default_model_path() -> Optional[Path]:
     return path if path.is_file() else None
 
 
+def usable_device(name: Union[str, torch.device], option: str = "--device") -> torch.device:
+    """``name`` as a ``torch.device`` this machine can allocate on (a 0-element tensor proves it), else a
+    ``ValueError`` naming ``option`` and the reason: unknown names, CUDA/MPS/XPU absent, a missing GPU index."""
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, NotImplementedError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = reason if len(reason) <= 120 else reason[:119] + "…"
+        raise ValueError(f"{option} {name} cannot be used on this machine ({reason}); use e.g. {option} cpu") from None
+    return device
+
+
 def load_model(
     checkpoint: Optional[PathLike] = None,
     *,

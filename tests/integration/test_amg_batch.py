@@ -191,6 +191,9 @@ def test_cli_usage_errors(tmp_path, capsys, helpers, checkpoint):
     assert main([str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--checkpoint", str(checkpoint),
                  "--generator", "no_such_module:Gen"]) == 2
     assert "cannot import the mask generator" in capsys.readouterr().err
+    assert main([str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--checkpoint", str(checkpoint),
+                 "--device", "nonsense"]) == 2
+    assert "device nonsense cannot be used on this machine" in capsys.readouterr().err
 
 
 def test_presets_come_from_the_generator_class(checkpoint):

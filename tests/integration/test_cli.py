@@ -179,6 +179,12 @@ def test_demo_writes_overlays(files, capsys, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- user errors
+def test_unusable_device(files, capsys, tmp_path):
+    code, _, err = run(capsys, "segment", files["image"], "--point", "5,5", "--checkpoint", files["ckpt"],
+                       "--device", "nonsense", "-o", tmp_path / "o")
+    assert code == 2 and "--device nonsense cannot be used on this machine" in err and "Traceback" not in err
+
+
 def test_no_default_model(files, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "default_model_path", lambda: None)
     code, stdout, err = run(capsys, "segment", files["image"], "--point", "5,5", "-o", tmp_path / "o")

@@ -412,6 +412,9 @@ def test_cli_errors_exit_2(checkpoint, sequence, tmp_path, capsys, monkeypatch):
     assert "promptseg incontext video: error" in capsys.readouterr().err
     assert main(["incontext", img0, "--example", img0, mask0, "-o", str(tmp_path)]) == 2
     assert "would overwrite the target" in capsys.readouterr().err
+    assert main(["incontext", img0, "--example", img0, mask0, "--checkpoint", str(checkpoint), "--device", "nonsense",
+                 "-o", str(tmp_path / "o")]) == 2
+    assert "--device nonsense cannot be used on this machine" in capsys.readouterr().err
     assert main(["incontext", "--help"]) == 0
     assert "incontext video --help" in capsys.readouterr().out
 

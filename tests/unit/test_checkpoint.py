@@ -350,3 +350,14 @@ def test_bundled_default_model_is_used(tmp_path, tiny_sam, monkeypatch):
     save_sam(tiny_sam, path)
     monkeypatch.setattr(hub, "default_model_path", lambda: Path(path))
     assert load_model().config == tiny_sam.config
+
+
+@pytest.mark.parametrize("name", ["nonsense", "xpu", "cuda:7" if torch.cuda.is_available() else "cuda"])
+def test_usable_device_names_the_option_and_the_reason(name):
+    from promptseg.hub import usable_device
+
+    assert usable_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=rf"^--device {name} cannot be used on this machine \(.+\); use e.g. --device cpu$"):
+        usable_device(name)
+    with pytest.raises(ValueError, match=rf"^device {name} cannot be used"):
+        usable_device(name, "device")

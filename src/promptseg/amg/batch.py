@@ -450,15 +450,10 @@ class GeneratorFactory:
         """Fail early, in the driver, on what would fail in every worker: no model, bad device, no generator."""
         import torch
 
+        from promptseg.hub import usable_device
+
         self._checkpoint_path()
-        try:
-            dev = torch.device(self.device)
-        except RuntimeError:
-            raise ValueError(f"unknown device {self.device!r}; use e.g. cpu, cuda or cuda:1") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device}: no CUDA GPU is available on this machine; use cpu")
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"device {self.device}: Apple MPS is not available on this machine; use cpu")
+        usable_device(self.device, "device")
         if not hasattr(torch, self.dtype):
             raise ValueError(f"unknown dtype {self.dtype!r}")
         self.resolved_options()

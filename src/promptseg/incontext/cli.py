@@ -156,28 +156,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _device(name: str) -> Any:
-    """``--device`` → a torch device this machine has (a tiny allocation proves it), else ValueError."""
-    import torch
-
-    try:
-        device = torch.device(name)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        reason = reason if len(reason) <= 120 else reason[:119] + "…"
-        raise ValueError(f"--device {name} cannot be used here ({reason}); use e.g. --device cpu") from None
-    return device
-
-
 def _predictor(args: argparse.Namespace) -> Any:
     import torch
 
+    from promptseg.hub import usable_device
     from promptseg.incontext.predictor import SegGptPredictor, load_model
 
     if args.checkpoint is not None and not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
-    model = load_model(args.checkpoint, device=_device(args.device), dtype=getattr(torch, args.dtype))
+    model = load_model(args.checkpoint, device=usable_device(args.device), dtype=getattr(torch, args.dtype))
     return SegGptPredictor(model, embedding_type="semantic" if args.semantic else "instance")
 
 
