@@ -13,8 +13,7 @@ Nothing heavy is imported here.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from promptseg._lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "promptseg.train.config",
@@ -33,14 +32,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'promptseg.train' has no attribute {name!r}")
-
-
-def __dir__() -> list:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
