@@ -43,6 +43,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --------------------------------------------------------------------------------------------- parsing
+def number_type(convert: Any, low: float, strict: bool = False) -> Any:
+    """An argparse ``type``: ``convert(text)`` (int or float), finite and ≥ ``low`` (> with ``strict``)."""
+    what = "an integer" if convert is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"expected {what} {'>' if strict else '≥'} {low:g}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _numbers(text: str, count: Sequence[int], what: str, syntax: str) -> List[float]:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) not in count:

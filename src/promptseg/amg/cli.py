@@ -24,6 +24,8 @@ import math
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from promptseg.cli import number_type
+
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 DTYPES = ("float32", "bfloat16")
@@ -67,26 +69,6 @@ def _geotransform(text: str) -> List[float]:
     return values
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {value}")
-    return value
-
-
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``amg`` command to ``subparsers`` (from ``add_subparsers``); it sets ``func``."""
     from promptseg.amg.batch import DEFAULT_GENERATOR, ENGINES, PRESETS, REFERENCE_GENERATOR
@@ -117,7 +99,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         p.add_argument(flag, type=typ, default=None, metavar="N" if typ is int else "X", help=text)
     p.add_argument("--formats", type=_format_list, default=None, metavar="LIST",
                    help="comma-separated outputs: sa1b,coco,png,geojson,overlay (default: all)")
-    p.add_argument("--polygon-tolerance", type=_non_negative_float, default=1.0, metavar="PX",
+    p.add_argument("--polygon-tolerance", type=number_type(float, 0), default=1.0, metavar="PX",
                    help="Douglas–Peucker tolerance of the GeoJSON polygons in pixels (default 1.0; 0 = exact)")
     geo = p.add_mutually_exclusive_group()
     geo.add_argument("--geotransform", type=_geotransform, metavar="GT0,...,GT5",
@@ -130,9 +112,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="local: a loop in this process; ray: Ray Data actors (default local)")
     p.add_argument("--ray-address", metavar="ADDR",
                    help="Ray cluster to join (e.g. ray://head:10001 or auto); default: a local Ray runtime")
-    p.add_argument("--num-workers", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--num-workers", type=number_type(int, 1), default=1, metavar="N",
                    help="Ray actors, each with its own model (default 1; --engine ray)")
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--threads", type=number_type(int, 1), default=None, metavar="N",
                    help="torch threads per worker (default: torch's for local, 1 per Ray actor)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="model precision (default float32)")
     p.add_argument("--device", default="cpu",

@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
+
+from promptseg.cli import number_type
 
 EXIT_USAGE = 2
 
@@ -32,23 +34,6 @@ def _int_list(text: str) -> List[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer ≥ ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-_positive = _int_at_least(1)
-_non_negative = _int_at_least(0)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -76,17 +61,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("outdir", metavar="OUTDIR", help="output folder (created if needed)")
-    p.add_argument("--num", type=_non_negative, default=100, help="number of images (default 100)")
+    p.add_argument("--num", type=number_type(int, 0), default=100, help="number of images (default 100)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--size", type=_positive, default=512, help="image side in pixels (default 512)")
-    p.add_argument("--start", type=_non_negative, default=0,
+    p.add_argument("--size", type=number_type(int, 1), default=512, help="image side in pixels (default 512)")
+    p.add_argument("--start", type=number_type(int, 0), default=0,
                    help="index of the first image (default 0); disjoint ranges give disjoint splits")
-    p.add_argument("--workers", type=_positive, default=1, help="worker processes (default 1)")
+    p.add_argument("--workers", type=number_type(int, 1), default=1, help="worker processes (default 1)")
     p.add_argument("--split", choices=("all", "train", "heldout"), default="all",
                    help="emoji categories: all, train (held-out buckets excluded) or heldout only (default all)")
     p.add_argument("--heldout-buckets", type=_int_list, default=[0], metavar="B[,B...]",
                    help="hash buckets of held-out emoji names (default 0)")
-    p.add_argument("--num-buckets", type=_positive, default=10, help="number of name-hash buckets (default 10)")
+    p.add_argument("--num-buckets", type=number_type(int, 1), default=10, help="number of name-hash buckets (default 10)")
     p.add_argument("--categories-file", metavar="FILE",
                    help="use only the emoji listed in FILE (one per line: the emoji, U+XXXX or its Unicode name)")
     p.add_argument("--no-emoji", action="store_true", help="only polygons, blobs and strokes (no emoji font needed)")
@@ -94,8 +79,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-photos", action="store_true", help="procedural textures only (no photo crops)")
     p.add_argument("--photos", action="append", default=[], metavar="DIR",
                    help="extra folder of photos for backgrounds and textures (repeatable)")
-    p.add_argument("--min-objects", type=_non_negative, default=None, help="fewest objects per scene (default 4)")
-    p.add_argument("--max-objects", type=_non_negative, default=None, help="most objects per scene (default 20)")
+    p.add_argument("--min-objects", type=number_type(int, 0), default=None, help="fewest objects per scene (default 4)")
+    p.add_argument("--max-objects", type=number_type(int, 0), default=None, help="most objects per scene (default 20)")
     p.add_argument("--overlays", action="store_true", help="also write OUTDIR/overlays/sa_<i>.png for viewing")
     p.add_argument("--emoji-font", metavar="TTF", help="path of NotoColorEmoji.ttf (default: the system font)")
     p.add_argument("--list-categories", action="store_true",
@@ -117,7 +102,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--annotations", metavar="FILE", help="coco: the instances JSON (default DATASET_DIR/annotations.json)")
     p.add_argument("--images", metavar="DIR", help="coco: image folder (default DATASET_DIR); folder: default DATASET_DIR/images")
     p.add_argument("--masks", metavar="DIR", help="folder: mask folder (default DATASET_DIR/masks)")
-    p.add_argument("--max-images", type=_positive, default=None, help="use only the first N images")
+    p.add_argument("--max-images", type=number_type(int, 1), default=None, help="use only the first N images")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_stats)
     return data

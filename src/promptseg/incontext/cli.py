@@ -21,29 +21,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from promptseg.cli import number_type
+
 DTYPES = ("float32", "bfloat16")
 MODES = ("video", "tune", "eval")
-
-
-def _number(convert: Any, low: float, strict: bool = False) -> Any:
-    """An argparse ``type``: ``convert(text)`` (int or float), finite and ≥ ``low`` (> with ``strict``)."""
-    what = "an integer" if convert is int else "a number"
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not math.isfinite(value) or value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(f"expected {what} {'>' if strict else '≥'} {low:g}, got {text!r}")
-        return value
-
-    return parse
 
 
 def _model_options(p: argparse.ArgumentParser, semantic: bool = True) -> None:
@@ -78,7 +63,7 @@ def _parsers(parser_class: Any) -> Dict[str, argparse.ArgumentParser]:
     images.add_argument("--ensemble", choices=("feature", "spatial", "none"), default="feature",
                         help="how several examples combine: feature (averaged in the model, default), spatial "
                              "(tiled into one example), none (one example only)")
-    images.add_argument("--max-distance", type=_number(float, 0, strict=True), default=None, metavar="X",
+    images.add_argument("--max-distance", type=number_type(float, 0, strict=True), default=None, metavar="X",
                         help="colours farther than X (0–255 RGB units) from every label colour are background")
     images.add_argument("--colored", action="store_true", help="also write OUTDIR/<name>.colored.png (raw output)")
     images.add_argument("--no-overlay", action="store_true", help="do not write overlay PNGs")
@@ -93,7 +78,7 @@ def _parsers(parser_class: Any) -> Dict[str, argparse.ArgumentParser]:
     video.add_argument("--first-mask", required=True, metavar="PNG",
                        help="label map of the first frame (0 = background, k = object k)")
     video.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if needed)")
-    video.add_argument("--fifo", type=_number(int, 0), default=None, metavar="K",
+    video.add_argument("--fifo", type=number_type(int, 0), default=None, metavar="K",
                        help="previous frames used as extra examples (default 7: 8 frames in all, Table 4b)")
     video.add_argument("--ensemble", choices=("feature", "spatial"), default="feature",
                        help="how the frames combine (default feature)")
@@ -110,9 +95,9 @@ def _parsers(parser_class: Any) -> Dict[str, argparse.ArgumentParser]:
                       help="a training image and its mask; repeat (at least one)")
     tune.add_argument("--init", nargs=2, metavar=("IMG", "MASK"), help="the example to start from (default: the first pair)")
     tune.add_argument("-o", "--output", required=True, metavar="PROMPT", help="output file (.safetensors)")
-    tune.add_argument("--steps", type=_number(int, 0), default=100, metavar="N", help="optimisation steps (default 100)")
-    tune.add_argument("--lr", type=_number(float, 0, strict=True), default=0.01, metavar="X", help="Adam learning rate (default 0.01)")
-    tune.add_argument("--batch-size", type=_number(int, 1), default=4, metavar="N", help="pairs per step (default 4)")
+    tune.add_argument("--steps", type=number_type(int, 0), default=100, metavar="N", help="optimisation steps (default 100)")
+    tune.add_argument("--lr", type=number_type(float, 0, strict=True), default=0.01, metavar="X", help="Adam learning rate (default 0.01)")
+    tune.add_argument("--batch-size", type=number_type(int, 1), default=4, metavar="N", help="pairs per step (default 4)")
     tune.add_argument("--learn", choices=("both", "image", "mask"), default="both", help="which tensors to learn")
     tune.add_argument("--seed", type=int, default=0, help="seed of the batch sampling (default 0)")
     tune.add_argument("--preview", action="store_true", help="also write PROMPT.png: the learned image above its mask")

@@ -26,7 +26,7 @@ EMBEDDING_TYPES = ("semantic", "instance")
 
 def eval_parser(parser_class: Any) -> argparse.ArgumentParser:
     """The parser of ``promptseg incontext eval`` (tasks ``oneshot`` and ``video``)."""
-    from promptseg.incontext.cli import _number
+    from promptseg.cli import number_type
     from promptseg.incontext.evaluate import DEFAULT_EPISODES, DEFAULT_EXAMPLES, DEFAULT_MIN_AREA
 
     parser = parser_class(
@@ -46,12 +46,12 @@ def eval_parser(parser_class: Any) -> argparse.ArgumentParser:
     )
     one.add_argument("dataset", metavar="DATASET", help="folder of scenes in the SA-1B layout with per-mask names "
                                                         "(`promptseg data synth`)")
-    one.add_argument("--examples", type=_number(int, 1), default=DEFAULT_EXAMPLES, metavar="K",
+    one.add_argument("--examples", type=number_type(int, 1), default=DEFAULT_EXAMPLES, metavar="K",
                      help=f"examples per episode for the ensembles (default {DEFAULT_EXAMPLES})")
-    one.add_argument("--episodes", type=_number(int, 1), default=DEFAULT_EPISODES, metavar="N",
+    one.add_argument("--episodes", type=number_type(int, 1), default=DEFAULT_EPISODES, metavar="N",
                      help=f"number of episodes; categories take turns (default {DEFAULT_EPISODES})")
-    one.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the episodes (default 0)")
-    one.add_argument("--min-area", type=_number(int, 0), default=DEFAULT_MIN_AREA, metavar="PIXELS",
+    one.add_argument("--seed", type=number_type(int, 0), default=0, help="seed of the episodes (default 0)")
+    one.add_argument("--min-area", type=number_type(int, 0), default=DEFAULT_MIN_AREA, metavar="PIXELS",
                      help=f"a scene holds a category when one of its masks has this many pixels (default {DEFAULT_MIN_AREA})")
     one.add_argument("--embedding-type", choices=EMBEDDING_TYPES, default="semantic",
                      help="the model's type token (default semantic: categories)")
@@ -65,12 +65,12 @@ def eval_parser(parser_class: Any) -> argparse.ArgumentParser:
                     "other, exact label maps) are segmented from their first frame's labels with the FIFO of "
                     "previous predictions (seggpt.txt §4.4); J, F and J&F as DAVIS 2017.",
     )
-    video.add_argument("--sequences", type=_number(int, 1), default=20, metavar="N", help="number of sequences (default 20)")
-    video.add_argument("--frames", type=_number(int, 2), default=16, metavar="T", help="frames per sequence (default 16)")
-    video.add_argument("--size", type=_number(int, 16), default=256, metavar="PIXELS", help="frame side (default 256)")
-    video.add_argument("--objects", type=_number(int, 1), default=3, metavar="K", help="objects per sequence (default 3)")
-    video.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the first sequence (default 0)")
-    video.add_argument("--fifo", type=_number(int, 0), default=None, metavar="K",
+    video.add_argument("--sequences", type=number_type(int, 1), default=20, metavar="N", help="number of sequences (default 20)")
+    video.add_argument("--frames", type=number_type(int, 2), default=16, metavar="T", help="frames per sequence (default 16)")
+    video.add_argument("--size", type=number_type(int, 16), default=256, metavar="PIXELS", help="frame side (default 256)")
+    video.add_argument("--objects", type=number_type(int, 1), default=3, metavar="K", help="objects per sequence (default 3)")
+    video.add_argument("--seed", type=number_type(int, 0), default=0, help="seed of the first sequence (default 0)")
+    video.add_argument("--fifo", type=number_type(int, 0), default=None, metavar="K",
                        help="previous frames used as extra examples (default 7)")
     video.add_argument("--ensemble", choices=("feature", "spatial"), default="feature",
                        help="how the frames combine (default feature)")
