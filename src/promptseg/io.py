@@ -46,14 +46,21 @@ class MissingDependencyError(ImportError):
     """An optional dependency is needed for this feature; the message says which extra to install."""
 
 
-def _pycocotools_mask() -> Any:
+def optional_import(module: str, needed_for: str, package: str, extra: str) -> Any:
+    """``importlib.import_module(module)``; when missing, a :class:`MissingDependencyError` saying
+    ``"<needed_for> needs <package>, which is not installed: pip install promptseg[<extra>]"``."""
+    import importlib
+
     try:
-        from pycocotools import mask as coco_mask
+        return importlib.import_module(module)
     except ImportError as err:
         raise MissingDependencyError(
-            "COCO RLE needs pycocotools, which is not installed: pip install promptseg[coco]"
+            f"{needed_for} needs {package}, which is not installed: pip install promptseg[{extra}]"
         ) from err
-    return coco_mask
+
+
+def _pycocotools_mask() -> Any:
+    return optional_import("pycocotools.mask", "COCO RLE", "pycocotools", "coco")
 
 
 # --------------------------------------------------------------------------------------------- images

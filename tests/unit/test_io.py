@@ -41,6 +41,23 @@ def test_rle_uncompressed_counts_and_bad_input():
         io.rle_to_mask({"counts": "abc"})
 
 
+@pytest.mark.parametrize(
+    "module, call, expected",
+    [
+        ("cv2", lambda: __import__("promptseg.amg.outputs", fromlist=["x"]).mask_to_polygons(np.ones((4, 4), bool)),
+         r"^polygons and GeoJSON needs OpenCV, which is not installed: pip install promptseg\[cv\]$"),
+        ("cv2", lambda: __import__("promptseg.amg.helpers", fromlist=["x"]).remove_small_regions(np.ones((4, 4), bool), 2, "holes"),
+         r"^min_mask_region_area > 0 needs OpenCV, .*promptseg\[cv\]$"),
+        ("pycocotools.mask", lambda: __import__("promptseg.amg.helpers", fromlist=["x"]).coco_encode_mask(np.ones((2, 2), bool)),
+         r"^output_mode 'coco_rle' needs pycocotools, .*promptseg\[coco\]$"),
+    ],
+)
+def test_missing_optional_dependencies_name_the_feature_and_the_extra(monkeypatch, module, call, expected):
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(io.MissingDependencyError, match=expected):
+        call()
+
+
 def test_rle_without_pycocotools_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "pycocotools", None)
     monkeypatch.setitem(sys.modules, "pycocotools.mask", None)

@@ -46,6 +46,8 @@ from promptseg.amg.helpers import (
     coco_encode_rle,
     generate_crop_boxes,
     is_box_near_crop_edge,
+    opencv,
+    pycocotools_mask,
     render_logit_rows,
     render_logits,
     remove_small_regions,
@@ -316,17 +318,11 @@ class SamAutomaticMaskGenerator:
             self.point_grids = grids
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"unknown output_mode {output_mode!r}; use one of {', '.join(OUTPUT_MODES)}")
+        # fail now, with a clear message, if what these options need is missing
         if output_mode == "coco_rle":
-            from promptseg.amg.helpers import pycocotools_mask
-
-            pycocotools_mask()  # fail now, with a clear message, if pycocotools is missing
+            pycocotools_mask()
         if min_mask_region_area > 0:
-            try:
-                import cv2  # type: ignore # noqa: F401
-            except ImportError as err:
-                raise ImportError(
-                    "min_mask_region_area > 0 needs OpenCV: pip install 'promptseg[cv]' (or opencv-python-headless)"
-                ) from err
+            opencv()
         if not isinstance(points_per_batch, int) or points_per_batch < 1:
             raise ValueError(f"points_per_batch must be a positive integer, got {points_per_batch!r}")
         if max_masks is not None and (not isinstance(max_masks, int) or max_masks < 1):

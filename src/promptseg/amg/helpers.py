@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import product
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -331,13 +331,16 @@ def area_from_rle(rle: Dict[str, Any]) -> int:
 
 def pycocotools_mask() -> Any:
     """``pycocotools.mask``, imported on first use, with an install hint when it is missing."""
-    try:
-        from pycocotools import mask as mask_utils  # type: ignore
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "output_mode 'coco_rle' needs pycocotools: pip install 'promptseg[coco]' (or pycocotools)"
-        ) from err
-    return mask_utils
+    from promptseg.io import optional_import
+
+    return optional_import("pycocotools.mask", "output_mode 'coco_rle'", "pycocotools", "coco")
+
+
+def opencv() -> Any:
+    """``cv2``, imported on first use, with an install hint when it is missing."""
+    from promptseg.io import optional_import
+
+    return optional_import("cv2", "min_mask_region_area > 0", "OpenCV", "cv")
 
 
 def coco_encode_rle(uncompressed_rle: Dict[str, Any]) -> Dict[str, Any]:
@@ -366,12 +369,7 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> Tup
     than ``area_thresh`` pixels (8-connectivity). Islands: if every component is small, the largest is
     kept. Holes are components of the inverted mask (the background counts as one). Returns the mask
     and whether it changed."""
-    try:
-        import cv2  # type: ignore
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "min_mask_region_area > 0 needs OpenCV: pip install 'promptseg[cv]' (or opencv-python-headless)"
-        ) from err
+    cv2 = opencv()
     if mode not in ("holes", "islands"):
         raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
     holes = mode == "holes"

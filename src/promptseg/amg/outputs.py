@@ -50,15 +50,9 @@ SUFFIXES: Dict[str, str] = {
 
 
 def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError as err:
-        from promptseg.io import MissingDependencyError
+    from promptseg.io import optional_import
 
-        raise MissingDependencyError(
-            "polygons and GeoJSON need OpenCV, which is not installed: pip install promptseg[cv]"
-        ) from err
-    return cv2
+    return optional_import("cv2", "polygons and GeoJSON", "OpenCV", "cv")
 
 
 # --------------------------------------------------------------------------------------------- records

@@ -34,15 +34,9 @@ def _rng(rng: RngLike) -> np.random.Generator:
 
 
 def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError as err:
-        from promptseg.io import MissingDependencyError
+    from promptseg.io import optional_import
 
-        raise MissingDependencyError(
-            "augmentation needs OpenCV, which is not installed: pip install promptseg[cv]"
-        ) from err
-    return cv2
+    return optional_import("cv2", "augmentation", "OpenCV", "cv")
 
 
 def _area(masks: np.ndarray) -> np.ndarray:

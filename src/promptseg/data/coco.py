@@ -22,15 +22,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _coco_api() -> Any:
-    try:
-        from pycocotools.coco import COCO
-    except ImportError as err:
-        from promptseg.io import MissingDependencyError
+    from promptseg.io import optional_import
 
-        raise MissingDependencyError(
-            "COCO annotations need pycocotools, which is not installed: pip install promptseg[coco]"
-        ) from err
-    return COCO
+    return optional_import("pycocotools.coco", "COCO annotations", "pycocotools", "coco").COCO
 
 
 class CocoInstancesDataset(MaskDataset):

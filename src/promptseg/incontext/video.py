@@ -100,14 +100,9 @@ def open_frames(source: PathLike) -> FrameSource:
         return FrameSource(path, files)
     if not path.is_file():
         raise FileNotFoundError(f"video or frame folder not found: {path}")
-    try:
-        import cv2
-    except ImportError:
-        from promptseg.io import MissingDependencyError
+    from promptseg.io import optional_import
 
-        raise MissingDependencyError(
-            "reading video files needs OpenCV: pip install promptseg[cv] (or pass a folder of frames)"
-        ) from None
+    cv2 = optional_import("cv2", "reading video files (or pass a folder of frames)", "OpenCV", "cv")
     cap = cv2.VideoCapture(str(path))
     ok = cap.isOpened() and cap.read()[0]
     cap.release()
