@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
+from promptseg.config_utils import check_unknown_keys
+
 MODES = ("full", "decoder", "decoder+prompt")
 LOSS_RESOLUTIONS = ("input", "low_res")
 
@@ -25,10 +27,7 @@ LOSS_RESOLUTIONS = ("input", "low_res")
 def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
     if not isinstance(data, Mapping):
         raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown key(s) in {where}: {unknown}; expected some of {sorted(names)}")
+    check_unknown_keys(cls, data, where)
 
 
 def check_model_spec(spec: Any) -> None:

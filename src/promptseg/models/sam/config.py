@@ -8,20 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Tuple, TypeVar
+from typing import Any, Mapping, Tuple
 
-T = TypeVar("T")
-
-
-def _from_dict(cls: type[T], data: Mapping[str, Any], where: str) -> T:
-    if not isinstance(data, Mapping):
-        raise TypeError(f"{where} must be a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown key(s) in {where}: {unknown}; expected some of {sorted(names)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return cls(**kwargs)
+from promptseg.config_utils import config_from_dict
 
 
 @dataclass(frozen=True)
@@ -113,8 +102,8 @@ class SamConfig:
         }
         for key, sub in subs.items():
             if key in data:
-                data[key] = _from_dict(sub, data[key], f"SamConfig.{key}")
-        return _from_dict(cls, data, "SamConfig")
+                data[key] = config_from_dict(sub, data[key], f"SamConfig.{key}")
+        return config_from_dict(cls, data, "SamConfig")
 
 
 def _vit(embed_dim: int, depth: int, num_heads: int, global_attn_indexes: Tuple[int, ...]) -> SamConfig:

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple
 
-from promptseg.models.sam.config import _from_dict
+from promptseg.config_utils import config_from_dict
 
 #: Embedding types of the two learned type tokens (``type_token_instance`` / ``type_token_semantic``).
 EMBEDDING_TYPES = ("instance", "semantic")
@@ -118,7 +118,7 @@ class SegGptConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SegGptConfig":
         """Build from a mapping; unknown keys raise ValueError naming them."""
-        return _from_dict(cls, data, "SegGptConfig")
+        return config_from_dict(cls, data, "SegGptConfig")
 
 
 #: Named architectures. ``vit_l`` is the released SegGPT (seggpt.txt §4: ViT-L, 448×448 per image);
