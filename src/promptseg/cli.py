@@ -424,6 +424,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model = _load_model(args.checkpoint, args.device, args.dtype)
     out = _output_dir(args.output)
     predictor = SamPredictor(model)
+    # automatic masks (§B): a point grid, filtered by predicted IoU and stability, then NMS
+    generator = SamAutomaticMaskGenerator(
+        model,
+        points_per_side=args.points_per_side,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_thresh,
+    )
     lines: List[str] = []
     for photo in tqdm(photos, desc="segmenting sample photos", unit="photo", file=sys.stderr):
         image = io.read_image(photo)
@@ -443,13 +450,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         io.save_overlay_png(image, masks[0], path, boxes=box, scores=[float(scores[0])])
         lines.append(f"{path}  box around {prompts['box_target']}  score {scores[0]:.3f}")
 
-        # automatic masks (§B): a point grid, filtered by predicted IoU and stability, then NMS
-        records = SamAutomaticMaskGenerator(
-            model,
-            points_per_side=args.points_per_side,
-            pred_iou_thresh=args.pred_iou_thresh,
-            stability_score_thresh=args.stability_thresh,
-        ).generate(image)
+        records = generator.generate(image)
         path = out / f"{photo.stem}_auto.png"
         write_png(render_masks_overlay(image, records), path)
         lines.append(f"{path}  automatic masks: {len(records)}")
