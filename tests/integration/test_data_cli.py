@@ -116,7 +116,7 @@ def test_stats_on_coco_and_folder(tmp_path, capsys):
 def test_stats_without_matplotlib(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails
     code, _, err = run(capsys, "stats", tmp_path, "-o", tmp_path / "out")
-    assert code == 2 and "pip install matplotlib" in err
+    assert code == 2 and "needs matplotlib" in err and "pip install promptseg[train]" in err
     assert not (tmp_path / "out").exists()
 
 

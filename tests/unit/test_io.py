@@ -50,6 +50,12 @@ def test_rle_uncompressed_counts_and_bad_input():
          r"^min_mask_region_area > 0 needs OpenCV, .*promptseg\[cv\]$"),
         ("pycocotools.mask", lambda: __import__("promptseg.amg.helpers", fromlist=["x"]).coco_encode_mask(np.ones((2, 2), bool)),
          r"^output_mode 'coco_rle' needs pycocotools, .*promptseg\[coco\]$"),
+        ("ray.data", lambda: __import__("promptseg.amg.batch", fromlist=["x"])._import_ray(),
+         r"^the ray engine needs Ray Data, .*promptseg\[ray\]$"),
+        ("matplotlib.figure", lambda: __import__("promptseg.data.stats", fromlist=["x"])._matplotlib(),
+         r"^drawing dataset figures needs matplotlib, .*promptseg\[train\]$"),
+        ("segment_anything.modeling", lambda: __import__("promptseg.models.sam.reference", fromlist=["x"])
+         ._segment_anything_modeling(), r"^the reference SAM needs segment-anything, .*promptseg\[dev\]$"),
     ],
 )
 def test_missing_optional_dependencies_name_the_feature_and_the_extra(monkeypatch, module, call, expected):

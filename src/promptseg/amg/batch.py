@@ -532,16 +532,10 @@ class RayImageWorker:
 
 
 def _import_ray() -> Any:
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError as err:
-        from promptseg.io import MissingDependencyError
+    from promptseg.io import optional_import
 
-        raise MissingDependencyError(
-            "the ray engine needs Ray Data, which is not installed: pip install 'ray[data]'"
-        ) from err
-    return ray
+    optional_import("ray.data", "the ray engine", "Ray Data", "ray")
+    return optional_import("ray", "the ray engine", "Ray", "ray")
 
 
 def _run_ray(

@@ -132,17 +132,11 @@ def summarize(stats: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _matplotlib() -> Any:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        from promptseg.io import MissingDependencyError
+    from promptseg.io import optional_import
 
-        raise MissingDependencyError(
-            "dataset figures need matplotlib, which is not installed: pip install matplotlib "
-            "(or pip install promptseg[train])"
-        ) from err
-    return Figure, FigureCanvasAgg
+    figure = optional_import("matplotlib.figure", "drawing dataset figures", "matplotlib", "train")
+    agg = optional_import("matplotlib.backends.backend_agg", "drawing dataset figures", "matplotlib", "train")
+    return figure.Figure, agg.FigureCanvasAgg
 
 
 def _save(fig: Any, canvas_cls: Any, path: Path) -> None:

@@ -15,13 +15,9 @@ from promptseg.models.sam.config import SamConfig
 
 
 def _segment_anything_modeling():
-    try:
-        import segment_anything.modeling as modeling
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the reference implementation is not installed: pip install segment-anything (or promptseg[dev])"
-        ) from err
-    return modeling
+    from promptseg.io import optional_import
+
+    return optional_import("segment_anything.modeling", "the reference SAM", "segment-anything", "dev")
 
 
 def build_reference_sam(config: SamConfig) -> nn.Module:
