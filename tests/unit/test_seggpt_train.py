@@ -276,6 +276,37 @@ def test_training_module_loss_and_colour_miou():
     assert colour_miou(black, batch["palettes"], batch["target_labels"]).item() == 0.0
 
 
+def test_fg_weight_up_weights_coloured_pixels():
+    import dataclasses
+
+    from promptseg.models.seggpt import SEGGPT_PRESETS, build_seggpt
+    from promptseg.models.seggpt.model import seggpt_loss
+
+    data = pairs(semantic_prob=0.0)
+    batch = collate_pairs([data[(0, i)] for i in range(3)])
+    torch.manual_seed(0)
+    model = build_seggpt(dataclasses.replace(SEGGPT_PRESETS["tiny"], drop_path_rate=0.0)).train()
+    plain = SegGptTrainingModel(model)(**batch)["loss"]
+    assert torch.allclose(SegGptTrainingModel(model, fg_weight=1.0)(**batch)["loss"], plain)
+    weighted = SegGptTrainingModel(model, fg_weight=5.0)(**batch)["loss"]
+
+    # by hand: weight 5 where the stacked target is coloured, 1 where it is black, over the hidden pixels
+    out = model(batch["pixel_values"], batch["prompt_pixel_values"], batch["prompt_masks"],
+                bool_masked_pos=batch["bool_masked_pos"], embedding_type="instance", labels=batch["labels"])
+    target = torch.cat((batch["prompt_masks"], batch["labels"]), dim=2)
+    black = torch.from_numpy(normalize(np.zeros((1, 1, 3), np.uint8))).view(1, 3, 1, 1)
+    coloured = ((target - black).abs().amax(dim=1, keepdim=True) > 1e-3).float()
+    assert 0 < coloured[:, :, 32:].mean() < 1  # the target halves hold both
+    hide = batch["bool_masked_pos"].view(3, 8, 1, 4, 1).expand(3, 8, 8, 4, 8).reshape(3, 1, 64, 32).float()
+    err = torch.nn.functional.smooth_l1_loss(out.pred_masks, target, reduction="none", beta=0.01)
+    w = hide * (1 + 4 * coloured)
+    assert torch.allclose(weighted, (err * w).sum() / (w.sum() * 3), atol=1e-6)
+    assert torch.allclose(seggpt_loss(out.pred_masks, batch["prompt_masks"], batch["labels"], batch["bool_masked_pos"],
+                                      8, 0.01, pixel_weight=torch.ones_like(coloured)), plain, atol=1e-6)
+    with pytest.raises(ValueError, match="fg_weight"):
+        SegGptTrainConfig.from_dict(base_config(fg_weight=0))
+
+
 def test_layer_decay_and_no_decay_groups():
     from promptseg.models.seggpt import build_seggpt
 
@@ -328,7 +359,7 @@ def test_config_values_are_checked_and_round_trip(tmp_path):
     assert cfg.replace(max_steps=7).max_steps == 7
 
 
-@pytest.mark.parametrize("name", ["seggpt_tiny_debug.json", "default_seggpt_synth.json"])
+@pytest.mark.parametrize("name", ["seggpt_tiny_debug.json", "default_seggpt_synth.json", "default_seggpt_cpu.json"])
 def test_committed_configs_parse(name):
     cfg = SegGptTrainConfig.from_json(REPO / "configs" / name)
     arch = cfg.model.seggpt_config()

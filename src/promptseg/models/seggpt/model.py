@@ -301,18 +301,28 @@ class SegGptDecoder(nn.Module):
 
 
 def seggpt_loss(
-    pred_masks: Tensor, prompt_masks: Tensor, labels: Tensor, bool_masked_pos: Tensor, patch_size: int, beta: float
+    pred_masks: Tensor,
+    prompt_masks: Tensor,
+    labels: Tensor,
+    bool_masked_pos: Tensor,
+    patch_size: int,
+    beta: float,
+    pixel_weight: Optional[Tensor] = None,
 ) -> Tensor:
     """Smooth-ℓ1 (``beta``) between ``pred_masks: B×3×2H×W`` and the stacked ``[prompt_masks; labels]``,
     averaged over the masked patches (``bool_masked_pos: B'×(h·w)``) — as in Painter and transformers.
 
     As in the reference, the normaliser counts the masked pixels of ``bool_masked_pos`` itself, so a single
-    shared ``B'=1`` mask with a batch of ``B`` sums ``B`` images over one image's count.
+    shared ``B'=1`` mask with a batch of ``B`` sums ``B`` images over one image's count. ``pixel_weight``
+    (``B×1×2H×W``, optional; not in the paper) weights each pixel, and the normaliser becomes the weight of
+    the masked pixels: the training option ``fg_weight`` uses it to up-weight coloured pixels.
     """
     target = torch.cat((prompt_masks, labels), dim=2)
     h, w = target.shape[2] // patch_size, target.shape[3] // patch_size
     hide = bool_masked_pos.reshape(-1, h, 1, w, 1).to(pred_masks.dtype)
     hide = hide.expand(-1, h, patch_size, w, patch_size).reshape(-1, 1, h * patch_size, w * patch_size)
+    if pixel_weight is not None:
+        hide = hide * pixel_weight.to(pred_masks.dtype)
     loss = F.smooth_l1_loss(pred_masks, target, reduction="none", beta=beta)
     return (loss * hide).sum() / (hide.sum() * target.shape[1])
 

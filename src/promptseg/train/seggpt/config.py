@@ -68,6 +68,15 @@ class SegGptTrainConfig(LoopConfig):
     max_steps: int = 9000
     clip_grad_norm: Optional[float] = 3.0
     checkpoint_every: int = 500
+    #: Weight of coloured (non-black) target pixels in the smooth-ℓ1 loss; 1.0 is the paper's loss. Above 1
+    #: it counters the pull towards an all-black prediction when objects are small and compute is short
+    #: (the bundled model's CPU recipe, docs/seggpt_training.md).
+    fg_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.fg_weight > 0:
+            raise ValueError(f"fg_weight must be > 0, got {self.fg_weight}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SegGptTrainConfig":

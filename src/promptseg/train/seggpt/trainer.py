@@ -99,9 +99,24 @@ class SegGptTrainingModel(nn.Module):
     """A SegGPT plus the per-embedding-type split of a batch; ``forward`` returns ``loss`` and ``miou``.
     It is what ``DistributedDataParallel`` wraps."""
 
-    def __init__(self, seggpt: nn.Module) -> None:
+    def __init__(self, seggpt: nn.Module, fg_weight: float = 1.0) -> None:
         super().__init__()
         self.seggpt = seggpt
+        self.fg_weight = float(fg_weight)
+
+    def _loss(self, out: Any, prompt_masks: Tensor, labels: Tensor, bool_masked_pos: Tensor) -> Tensor:
+        """The model's smooth-ℓ1 loss, or with ``fg_weight ≠ 1`` the same loss with coloured pixels weighted."""
+        if self.fg_weight == 1.0:
+            return out.loss
+        from promptseg.incontext.predictor import to_colors
+        from promptseg.models.seggpt.model import seggpt_loss
+
+        target = torch.cat((prompt_masks, labels), dim=2)
+        coloured = to_colors(target.float()).amax(dim=1, keepdim=True) > 0.5  # B×1×2H×W
+        weight = 1.0 + (self.fg_weight - 1.0) * coloured.float()
+        beta = self.seggpt.config.beta if self.seggpt.config is not None else 0.01
+        return seggpt_loss(out.pred_masks, prompt_masks.to(out.pred_masks.dtype), labels.to(out.pred_masks.dtype),
+                           bool_masked_pos, self.seggpt.patch_size, beta, pixel_weight=weight)
 
     def forward(
         self,
@@ -127,7 +142,8 @@ class SegGptTrainingModel(nn.Module):
                 continue
             out = self.seggpt(pixel_values[rows], prompt_pixel_values[rows], prompt_masks[rows],
                               bool_masked_pos=bool_masked_pos[rows], embedding_type=kind, labels=labels[rows])
-            loss = loss + out.loss * (rows.numel() / b)
+            group_loss = self._loss(out, prompt_masks[rows], labels[rows], bool_masked_pos[rows])
+            loss = loss + group_loss * (rows.numel() / b)
             target_half[rows] = out.pred_masks[:, :, h:].detach().to(target_half.dtype)
         with torch.no_grad():
             miou = colour_miou(target_half, palettes, target_labels)
@@ -144,7 +160,7 @@ class SegGptTrainer(Trainer):
         self._setup_run(config, resume)
         seed_everything(config.seed)  # same initial weights on every rank
         self.seggpt = build_model(config).to(self.device)
-        self.module = SegGptTrainingModel(self.seggpt).to(self.device)
+        self.module = SegGptTrainingModel(self.seggpt, config.fg_weight).to(self.device)
         self._wrap_module(find_unused_parameters=True)  # a batch of one embedding type leaves the other token unused
         self.optimizer = build_optimizer_for(self.seggpt, config)
         self.scheduler = build_scheduler(self.optimizer, config.warmup, config.milestones, config.lr_gamma)
