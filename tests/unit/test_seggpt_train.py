@@ -144,6 +144,47 @@ def test_instance_pairs_show_the_same_objects_in_two_views():
         assert s.prompt_labels.any() and s.target_labels.any()
 
 
+@pytest.mark.parametrize("semantic_prob", [0.0, 1.0])
+def test_target_needs_prompt_colours_only_what_the_prompt_shows(semantic_prob):
+    free = pairs(semantic_prob=semantic_prob, crop_scale=(0.1, 0.3), max_instances=4)
+    tied = pairs(semantic_prob=semantic_prob, crop_scale=(0.1, 0.3), max_instances=4, target_needs_prompt=True)
+    unseen = 0
+    for index in range(len(free)):
+        a, b = free.sample(index, np.random.default_rng(index)), tied.sample(index, np.random.default_rng(index))
+        unseen += bool(set(np.unique(a.target_labels)) - set(np.unique(a.prompt_labels)))
+        assert set(np.unique(b.target_labels)) <= set(np.unique(b.prompt_labels))
+        assert (a.prompt_labels == b.prompt_labels).all()  # only the target's colouring changes
+    assert unseen > 0  # small independent crops do miss objects: the option matters here
+
+
+def test_same_view_repeats_the_prompt_view_for_one_scene():
+    data = pairs(semantic_prob=0.5, same_view_prob=1.0, crop_scale=(0.2, 0.6))
+    for index in range(len(data)):
+        s = data.sample(index, np.random.default_rng(index))
+        if s.prompt_scenes == s.target_scenes:
+            assert (s.prompt_image == s.target_image).all() and (s.prompt_labels == s.target_labels).all()
+        else:  # a semantic pair across scenes: two scenes, two views
+            assert s.embedding_type == "semantic"
+    off = pairs(semantic_prob=0.0, crop_scale=(0.2, 0.6))
+    assert any((off.sample(i, np.random.default_rng(i)).prompt_image != off.sample(i, np.random.default_rng(i)).target_image).any()
+               for i in range(len(off)))
+
+
+def test_fixed_palette_prob_colours_with_the_inference_palette():
+    from promptseg.incontext.palette import default_palette
+
+    fixed = pairs(semantic_prob=0.5, fixed_palette_prob=1.0)
+    for index in range(len(fixed)):
+        s = fixed.sample(index, np.random.default_rng(index))
+        assert (s.palette == default_palette(len(s.keys))).all()
+    mixed = pairs(semantic_prob=0.5, fixed_palette_prob=0.5)
+    kinds = {bool((s.palette == default_palette(len(s.keys))).all())
+             for s in (mixed.sample(i, np.random.default_rng(i)) for i in range(len(mixed)))}
+    assert kinds == {True, False}
+    with pytest.raises(ValueError, match="fixed_palette_prob"):
+        PairConfig(fixed_palette_prob=1.5)
+
+
 def test_random_colour_mapping_is_shared_by_prompt_and_target():
     data = pairs()
     palettes = []

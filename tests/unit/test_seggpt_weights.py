@@ -297,3 +297,21 @@ def test_presets_and_registry():
         build_seggpt(3)  # type: ignore[arg-type]
     model = seggpt_model_registry["tiny"]()
     assert isinstance(model, SegGpt) and not model.training and model.config == TINY
+
+
+def test_a_new_model_is_initialised_for_training_from_scratch():
+    from promptseg.models.seggpt import build_seggpt
+
+    torch.manual_seed(0)
+    model = build_seggpt("tiny")
+    emb = model.embeddings
+    for name in ("mask_token", "segment_token_input", "segment_token_prompt", "type_token_semantic", "type_token_instance"):
+        assert getattr(emb, name).abs().sum() > 0, name  # distinguishable halves and task types from step 0
+    pos = emb.position_embeddings
+    assert 0.01 < pos.std().item() < 0.03  # (truncated) normal, std 0.02
+    linear = model.encoder.layers[0].attention.qkv
+    assert 0.01 < linear.weight.std().item() < 0.03 and (linear.bias == 0).all()
+    assert (model.encoder.layers[0].attention.rel_pos_h == 0).all()  # relative positions start at 0
+    torch.manual_seed(0)
+    again = build_seggpt("tiny")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))

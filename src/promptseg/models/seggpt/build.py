@@ -7,7 +7,7 @@ from typing import Callable, Optional, Union
 
 from promptseg.checkpoint import PathLike
 from promptseg.models.seggpt.config import SEGGPT_PRESETS, SegGptConfig
-from promptseg.models.seggpt.model import SegGpt, SegGptDecoder, SegGptEmbeddings, SegGptEncoder
+from promptseg.models.seggpt.model import SegGpt, SegGptDecoder, SegGptEmbeddings, SegGptEncoder, init_seggpt_weights_
 
 
 def resolve_seggpt_config(config: Union[SegGptConfig, str]) -> SegGptConfig:
@@ -29,7 +29,9 @@ def build_seggpt(config: Union[SegGptConfig, str] = "vit_l", checkpoint: Optiona
     """
     config = resolve_seggpt_config(config)
     model = SegGpt(SegGptEmbeddings(config), SegGptEncoder(config), SegGptDecoder(config), config=config).eval()
-    if checkpoint is not None:
+    if checkpoint is None:
+        init_seggpt_weights_(model)  # a checkpoint replaces every weight: no need to draw them
+    else:
         from promptseg.models.seggpt.weights import load_seggpt_state
 
         load_seggpt_state(model, checkpoint)

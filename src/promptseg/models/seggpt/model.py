@@ -327,6 +327,29 @@ def seggpt_loss(
     return (loss * hide).sum() / (hide.sum() * target.shape[1])
 
 
+def init_seggpt_weights_(model: nn.Module, std: float = 0.02) -> nn.Module:
+    """Initialise a SegGPT for training from scratch, in place, as transformers' ``SegGptPreTrainedModel``
+    (Painter's scale): linear and conv weights truncated-normal (``std``, cut at ±2 as theirs), biases 0, norms 1/0, the learned
+    tokens normal (``std``) and the position embedding truncated-normal (``std``). The relative
+    positions stay 0. Without this the tokens and position embedding start at 0 — the two halves of a pair
+    and the patches' positions indistinguishable — and a model trained from scratch learns very slowly."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.trunc_normal_(module.weight, std=std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, (nn.LayerNorm, LayerNorm2d)):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+            elif isinstance(module, SegGptEmbeddings):
+                for name in ("mask_token", "segment_token_input", "segment_token_prompt", "type_token_semantic",
+                             "type_token_instance"):
+                    nn.init.normal_(getattr(module, name), std=std)
+                nn.init.trunc_normal_(module.position_embeddings, std=std)
+    return model
+
+
 # ---------------------------------------------------------------------------------------------------
 # The model.
 

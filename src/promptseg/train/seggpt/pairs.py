@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from promptseg.data import MaskDataset, make_item
-from promptseg.incontext.palette import encode_labels, random_palette
+from promptseg.incontext.palette import default_palette, encode_labels, random_palette
 from promptseg.incontext.predictor import normalize, resize_image, resize_nearest
 from promptseg.train.config import _check_keys
 
@@ -95,13 +95,25 @@ class PairConfig:
     #: ``semantic_parts``.
     ignore_categories: Tuple[str, ...] = ("",) + SHAPE_NAMES
     semantic_parts: bool = False
+    #: Colour in the target only the labels that the prompt view shows (not in Painter, whose views are
+    #: cropped independently: a target object the prompt crop missed has a colour the model cannot know).
+    target_needs_prompt: bool = False
+    #: Pairs of one scene: probability that the target view repeats the prompt view exactly (same crop,
+    #: flip and jitter) — a copy task that teaches a model from scratch to read the prompt's colours
+    #: before it learns to match objects across views (not in the paper; for short runs).
+    same_view_prob: float = 0.0
+    #: Probability that a sample is coloured with the fixed inference palette (``default_palette``: label 1
+    #: white, …) instead of a random colour mapping — easier for a small model, and what the predictor uses
+    #: (not in the paper, whose mapping is always random, §3.1).
+    fixed_palette_prob: float = 0.0
 
     def __post_init__(self) -> None:
         def need(cond: bool, message: str) -> None:
             if not cond:
                 raise ValueError(f"pairs: {message}")
 
-        for name in ("semantic_prob", "same_image_prob", "mix_prob", "hflip_prob", "jitter_prob", "half_mask_prob"):
+        for name in ("semantic_prob", "same_image_prob", "mix_prob", "hflip_prob", "jitter_prob", "half_mask_prob",
+                     "same_view_prob", "fixed_palette_prob"):
             need(0.0 <= getattr(self, name) <= 1.0, f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("max_categories", "max_instances", "max_tries"):
             need(int(getattr(self, name)) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -413,12 +425,20 @@ class PairDataset:
                target_groups: List[List[int]], rng: np.random.Generator) -> Tuple[np.ndarray, ...]:
         """Augmented prompt and target views; a view that lost every label is redrawn (``max_tries``), the
         last time without a crop."""
-        out = []
+        out: List[np.ndarray] = []
+        same_view = prompt is target and self.config.same_view_prob > 0 and rng.random() < self.config.same_view_prob
+        replay = rng.bit_generator.state  # the prompt view's draws, repeated for the target when same_view
         for scene, groups in ((prompt, prompt_groups), (target, target_groups)):
             labels = paint_labels(scene["masks"], groups, scene["image"].shape[:2])
+            if out and self.config.target_needs_prompt:
+                labels = np.where(np.isin(labels, out[1]), labels, 0).astype(labels.dtype)  # out[1]: prompt labels
             want = bool(labels.any())
+            view_rng = rng
+            if out and same_view:
+                view_rng = np.random.default_rng()
+                view_rng.bit_generator.state = replay
             for attempt in range(self.config.max_tries + 1):
-                view = augment_view(scene["image"], labels, self.image_size, self.config, rng,
+                view = augment_view(scene["image"], labels, self.image_size, self.config, view_rng,
                                     crop=attempt < self.config.max_tries)
                 if view[1].any() or not want:
                     break
@@ -483,7 +503,10 @@ class PairDataset:
         keys: List[str] = []
         for t in tiles:
             keys.extend(k for k in t.keys if k not in keys)
-        palette = random_palette(len(keys), rng)
+        if cfg.fixed_palette_prob > 0 and rng.random() < cfg.fixed_palette_prob:
+            palette = default_palette(len(keys))
+        else:
+            palette = random_palette(len(keys), rng)
         if mixed:
             prompt_image, prompt_labels, target_image, target_labels = self._stitch(tiles, keys, rng)
         else:
