@@ -86,6 +86,23 @@ def test_no_emoji_and_errors(tmp_path, capsys):
     assert code == 2 and "synth" in err
 
 
+def test_object_scale_and_crowd_options(tmp_path, capsys):
+    small, large = tmp_path / "small", tmp_path / "large"
+    common = ("--num", 3, "--size", 96, "--no-emoji", "--quiet", "--min-objects", 2, "--max-objects", 3, "--crowd-prob", 0)
+    assert run(capsys, "synth", small, *common, "--object-scale", "0.1,0.15")[0] == 0
+    assert run(capsys, "synth", large, *common, "--object-scale", "0.5,0.6")[0] == 0
+
+    def mean_area(folder):
+        data = SA1BDataset(folder)
+        return np.mean([m.sum() for i in range(3) for m in data[i]["masks"]])  # no emoji: no parts
+
+    assert mean_area(large) > 4 * mean_area(small)
+    for bad, message in ((("--object-scale", "0.5"), "LO,HI"), (("--object-scale", "0.6,0.2"), "LO ≤ HI"),
+                         (("--crowd-prob", "1.5"), "probability")):
+        code, _, err = run(capsys, "synth", small, *bad)
+        assert code == 2 and message in err
+
+
 @needs_matplotlib
 def test_stats_on_coco_and_folder(tmp_path, capsys):
     h, w = 24, 32

@@ -5,7 +5,8 @@ Commands::
     promptseg data synth OUTDIR [--num N] [--seed S] [--size 512] [--start I] [--workers W]
                                 [--split all|train|heldout] [--heldout-buckets 0,1] [--num-buckets 10]
                                 [--categories-file FILE] [--no-emoji] [--no-parts] [--no-photos]
-                                [--photos DIR] [--min-objects A] [--max-objects B] [--overlays]
+                                [--photos DIR] [--min-objects A] [--max-objects B]
+                                [--object-scale LO,HI] [--crowd-prob P] [--overlays]
                                 [--list-categories] [--quiet]
     promptseg data stats DATASET_DIR --format sa1b|coco|folder -o OUT [--annotations FILE]
                                 [--images DIR] [--masks DIR] [--max-images N] [--quiet]
@@ -20,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 from promptseg.cli import number_type
 
@@ -81,6 +82,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="extra folder of photos for backgrounds and textures (repeatable)")
     p.add_argument("--min-objects", type=number_type(int, 0), default=None, help="fewest objects per scene (default 4)")
     p.add_argument("--max-objects", type=number_type(int, 0), default=None, help="most objects per scene (default 20)")
+    p.add_argument("--object-scale", type=_scale_pair, default=None, metavar="LO,HI",
+                   help="object long side as a fraction of the image side, log-uniform in [LO, HI] (default 0.08,0.5)")
+    p.add_argument("--crowd-prob", type=_probability, default=None, metavar="P",
+                   help="probability of a crowd of small objects in a scene (default 0.3)")
     p.add_argument("--overlays", action="store_true", help="also write OUTDIR/overlays/sa_<i>.png for viewing")
     p.add_argument("--emoji-font", metavar="TTF", help="path of NotoColorEmoji.ttf (default: the system font)")
     p.add_argument("--list-categories", action="store_true",
@@ -113,6 +118,25 @@ def _no_subcommand(parser: argparse.ArgumentParser) -> int:
     return EXIT_USAGE
 
 
+def _probability(text: str) -> float:
+    """A number in [0, 1] (argparse type)."""
+    value = number_type(float, 0.0)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
+    return value
+
+
+def _scale_pair(text: str) -> Tuple[float, float]:
+    """``"LO,HI"`` → ``(LO, HI)`` with ``0 < LO ≤ HI ≤ 1`` (argparse type)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
+    if not 0 < lo <= hi <= 1:
+        raise argparse.ArgumentTypeError(f"need 0 < LO ≤ HI ≤ 1, got {text!r}")
+    return lo, hi
+
+
 def _synth_config(args: argparse.Namespace) -> Any:
     from promptseg.data.synth import SynthConfig
 
@@ -127,6 +151,10 @@ def _synth_config(args: argparse.Namespace) -> Any:
         use_photos=not args.no_photos,
         photo_dirs=tuple(args.photos),
     )
+    if args.object_scale is not None:
+        cfg.object_scale = args.object_scale
+    if args.crowd_prob is not None:
+        cfg.crowd_prob = args.crowd_prob
     if args.min_objects is not None:
         cfg.min_objects = args.min_objects
     if args.max_objects is not None:
