@@ -29,10 +29,15 @@ class SegGptModelSpec:
     preset: Optional[str] = None
     config: Optional[Dict[str, Any]] = None
     checkpoint: Optional[str] = None
+    #: Start the encoder from a SAM image encoder (``promptseg.models.seggpt.transfer``): a SAM checkpoint
+    #: path, or ``"default"`` for the bundled default SAM. Applied after ``checkpoint``.
+    init_encoder_from_sam: Optional[str] = None
 
     def __post_init__(self) -> None:
         check_model_spec(self)
         self.seggpt_config()  # unknown preset or config keys fail now
+        if self.init_encoder_from_sam is not None and not str(self.init_encoder_from_sam):
+            raise ValueError("model.init_encoder_from_sam must be a SAM checkpoint path or 'default'")
 
     def seggpt_config(self) -> Any:
         """The :class:`SegGptConfig` named by ``preset``/``config`` (None: the checkpoint's)."""

@@ -70,6 +70,13 @@ def build_model(config: SegGptTrainConfig) -> nn.Module:
     model = build_seggpt(arch)
     if state is not None:
         load_state_dict_strict(model, state, source=f"SegGPT checkpoint {spec.checkpoint}")
+    if spec.init_encoder_from_sam is not None:
+        from promptseg.hub import load_model
+        from promptseg.models.seggpt.transfer import init_encoder_from_sam
+
+        source = spec.init_encoder_from_sam
+        sam = load_model(None if source == "default" else source)
+        init_encoder_from_sam(model, sam.image_encoder)
     return model.train()
 
 

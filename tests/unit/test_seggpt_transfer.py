@@ -1,0 +1,64 @@
+"""A SegGPT started from a SAM image encoder (promptseg.models.seggpt.transfer): same blocks, copied weights."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from promptseg.models.sam.config import ImageEncoderConfig
+from promptseg.models.sam.image_encoder import ImageEncoderViT
+from promptseg.models.seggpt import SEGGPT_PRESETS, build_seggpt
+from promptseg.models.seggpt.transfer import _centred, init_encoder_from_sam
+
+
+def sam_encoder(heads: int, seed: int = 0) -> ImageEncoderViT:
+    torch.manual_seed(seed)
+    enc = ImageEncoderViT(ImageEncoderConfig(img_size=64, patch_size=8, embed_dim=32, depth=4, num_heads=heads,
+                                             mlp_ratio=4.0, out_chans=16, window_size=3, global_attn_indexes=(1, 3)))
+    for p in enc.parameters():  # every weight distinct from SegGPT's initialisation
+        p.data.normal_(0, 0.1)
+    return enc
+
+
+def seggpt(heads: int):
+    torch.manual_seed(1)
+    cfg = dataclasses.replace(SEGGPT_PRESETS["tiny"], hidden_size=32, num_hidden_layers=4, num_attention_heads=heads,
+                              mlp_dim=128, patch_size=8, pretrain_image_size=24, intermediate_hidden_state_indices=(1, 3))
+    return build_seggpt(cfg)
+
+
+def test_weights_are_copied_block_by_block():
+    enc, model = sam_encoder(2), seggpt(2)
+    tokens = model.embeddings.mask_token.clone()
+    init_encoder_from_sam(model, enc)
+    assert torch.equal(model.embeddings.patch_embeddings.proj.weight, enc.patch_embed.proj.weight)
+    for layer, block in zip(model.encoder.layers, enc.blocks):
+        assert torch.equal(layer.attention.qkv.weight, block.attn.qkv.weight)
+        assert torch.equal(layer.attention.proj.bias, block.attn.proj.bias)
+        assert torch.equal(layer.mlp.lin2.weight, block.mlp.lin2.weight)
+        assert torch.equal(layer.layernorm_before.weight, block.norm1.weight)
+        assert torch.equal(layer.layernorm_after.bias, block.norm2.bias)
+        # relative positions: offset d keeps its value
+        src, dst = block.attn.rel_pos_h, layer.attention.rel_pos_h
+        s0, d0 = (src.shape[0] - 1) // 2, (dst.shape[0] - 1) // 2
+        reach = min(s0, d0)
+        assert torch.equal(dst[d0 - reach : d0 + reach + 1], src[s0 - reach : s0 + reach + 1])
+    assert model.embeddings.position_embeddings.shape[1] == 3 * 3 + 1
+    assert torch.equal(model.embeddings.mask_token, tokens)  # SegGPT's own parts are kept
+    h, w = model.image_size
+    x = torch.randn(1, 3, h, w)
+    with torch.no_grad():
+        assert torch.isfinite(model(x, x, x).pred_masks).all()
+
+
+def test_centred_table_keeps_offsets():
+    table = torch.arange(5.0)[:, None]  # offsets -2..2
+    assert _centred(table, 9)[:, 0].tolist() == [0, 0, 0, 1, 2, 3, 4, 0, 0]
+    assert _centred(table, 3)[:, 0].tolist() == [1, 2, 3]
+
+
+def test_a_mismatched_encoder_is_refused():
+    with pytest.raises(ValueError, match="heads 4 vs 2"):
+        init_encoder_from_sam(seggpt(4), sam_encoder(2))
