@@ -62,3 +62,25 @@ def test_centred_table_keeps_offsets():
 def test_a_mismatched_encoder_is_refused():
     with pytest.raises(ValueError, match="heads 4 vs 2"):
         init_encoder_from_sam(seggpt(4), sam_encoder(2))
+
+
+def test_train_config_starts_the_encoder_from_the_bundled_sam():
+    from promptseg import hub
+    from promptseg.train.seggpt import SegGptTrainConfig
+    from promptseg.train.seggpt.trainer import build_model
+
+    if hub.default_model_path() is None:
+        pytest.skip("this build bundles no default SAM")
+    sam = hub.load_model().image_encoder
+    arch = {"hidden_size": sam.config.embed_dim, "num_hidden_layers": sam.config.depth,
+            "num_attention_heads": sam.config.num_heads, "mlp_dim": int(sam.config.embed_dim * sam.config.mlp_ratio),
+            "patch_size": sam.config.patch_size, "image_size": [64, 32], "pretrain_image_size": 32,
+            "intermediate_hidden_state_indices": [1, sam.config.depth - 1], "merge_index": 1,
+            "decoder_hidden_size": 8}
+    cfg = SegGptTrainConfig.from_dict({"model": {"config": arch, "init_encoder_from_sam": "default"},
+                                       "dataset": {"type": "synth-scenes", "num_scenes": 2, "size": 64}})
+    model = build_model(cfg)
+    assert torch.equal(model.encoder.layers[-1].mlp.lin1.weight, sam.blocks[-1].mlp.lin1.weight)
+    with pytest.raises(ValueError, match="init_encoder_from_sam"):
+        SegGptTrainConfig.from_dict({"model": {"config": arch, "init_encoder_from_sam": ""},
+                                     "dataset": {"type": "synth-scenes"}})
