@@ -111,7 +111,10 @@ def _predictor(args: argparse.Namespace) -> Any:
 def _checkpoint_name(args: argparse.Namespace) -> str:
     from promptseg.incontext.predictor import default_seggpt_path
 
-    return str(args.checkpoint) if args.checkpoint else f"default ({default_seggpt_path()})"
+    if args.checkpoint:
+        return str(args.checkpoint)
+    path = default_seggpt_path()
+    return f"default ({path.name if path is not None else 'none bundled'})"  # no machine-specific path in reports
 
 
 def _dataset_split(folder: Path) -> Any:
