@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
-from promptseg.cli import number_type
+from promptseg.cli import _numbers, number_type
 
 EXIT_USAGE = 2
 
@@ -128,10 +128,7 @@ def _probability(text: str) -> float:
 
 def _scale_pair(text: str) -> Tuple[float, float]:
     """``"LO,HI"`` → ``(LO, HI)`` with ``0 < LO ≤ HI ≤ 1`` (argparse type)."""
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
+    lo, hi = _numbers(text, (2,), "object scale", "LO,HI")
     if not 0 < lo <= hi <= 1:
         raise argparse.ArgumentTypeError(f"need 0 < LO ≤ HI ≤ 1, got {text!r}")
     return lo, hi

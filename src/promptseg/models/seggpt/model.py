@@ -460,10 +460,13 @@ class SegGpt(nn.Module):
         tokens = self.embeddings(images, masks, bool_masked_pos, embedding_type)
         features = self.encoder(tokens, feature_ensemble=bool(feature_ensemble))
         pred_masks = self.decoder(features).contiguous()
-        loss = None
-        if labels is not None:
-            loss = seggpt_loss(
-                pred_masks, prompt_masks.to(pred_masks.dtype), labels.to(pred_masks.dtype), bool_masked_pos,
-                self.patch_size, self.config.beta if self.config is not None else 0.01,
-            )
+        loss = None if labels is None else self.loss(pred_masks, prompt_masks, labels, bool_masked_pos)
         return SegGptOutput(pred_masks=pred_masks, loss=loss)
+
+    def loss(self, pred_masks: Tensor, prompt_masks: Tensor, labels: Tensor, bool_masked_pos: Tensor,
+             pixel_weight: Optional[Tensor] = None) -> Tensor:
+        """:func:`seggpt_loss` with this model's patch size and smooth-ℓ1 β (``config.beta``, 0.01 without a
+        config); ``prompt_masks``/``labels`` are cast to the prediction's dtype."""
+        beta = self.config.beta if self.config is not None else 0.01
+        return seggpt_loss(pred_masks, prompt_masks.to(pred_masks.dtype), labels.to(pred_masks.dtype), bool_masked_pos,
+                           self.patch_size, beta, pixel_weight=pixel_weight)

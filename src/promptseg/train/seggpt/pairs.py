@@ -39,6 +39,7 @@ function of their key, whatever the number of workers, and a resumed run sees th
 from __future__ import annotations
 
 import bisect
+import copy
 import inspect
 import math
 from dataclasses import dataclass, field, fields
@@ -427,16 +428,13 @@ class PairDataset:
         last time without a crop."""
         out: List[np.ndarray] = []
         same_view = prompt is target and self.config.same_view_prob > 0 and rng.random() < self.config.same_view_prob
-        replay = rng.bit_generator.state  # the prompt view's draws, repeated for the target when same_view
+        replay = copy.deepcopy(rng) if same_view else None  # repeats the prompt view's draws for the target
         for scene, groups in ((prompt, prompt_groups), (target, target_groups)):
             labels = paint_labels(scene["masks"], groups, scene["image"].shape[:2])
             if out and self.config.target_needs_prompt:
                 labels = np.where(np.isin(labels, out[1]), labels, 0).astype(labels.dtype)  # out[1]: prompt labels
             want = bool(labels.any())
-            view_rng = rng
-            if out and same_view:
-                view_rng = np.random.default_rng()
-                view_rng.bit_generator.state = replay
+            view_rng = replay if out and replay is not None else rng
             for attempt in range(self.config.max_tries + 1):
                 view = augment_view(scene["image"], labels, self.image_size, self.config, view_rng,
                                     crop=attempt < self.config.max_tries)

@@ -116,14 +116,11 @@ class SegGptTrainingModel(nn.Module):
         if self.fg_weight == 1.0:
             return out.loss
         from promptseg.incontext.predictor import to_colors
-        from promptseg.models.seggpt.model import seggpt_loss
 
         target = torch.cat((prompt_masks, labels), dim=2)
         coloured = to_colors(target.float()).amax(dim=1, keepdim=True) > 0.5  # B×1×2H×W
         weight = 1.0 + (self.fg_weight - 1.0) * coloured.float()
-        beta = self.seggpt.config.beta if self.seggpt.config is not None else 0.01
-        return seggpt_loss(out.pred_masks, prompt_masks.to(out.pred_masks.dtype), labels.to(out.pred_masks.dtype),
-                           bool_masked_pos, self.seggpt.patch_size, beta, pixel_weight=weight)
+        return self.seggpt.loss(out.pred_masks, prompt_masks, labels, bool_masked_pos, pixel_weight=weight)
 
     def forward(
         self,
