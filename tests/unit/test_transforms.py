@@ -149,3 +149,26 @@ def test_mask_to_logits_left_half():
     mask[:, :64] = True
     logits = mask_to_logits(mask, 128, logit=5.0)
     assert np.allclose(logits[0, :, :16], 5.0) and np.allclose(logits[0, :, 16:], -5.0)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("shape", [(1, 3, 7, 9), (2, 1, 1, 5), (4, 6, 1)])
+def test_upsample_bilinear_equals_interpolate(factor, shape):
+    from promptseg.transforms import upsample_bilinear
+
+    x = torch.randn(*shape)
+    batched = x if x.ndim == 4 else x[None]
+    expected = torch.nn.functional.interpolate(
+        batched, (shape[-2] * factor, shape[-1] * factor), mode="bilinear", align_corners=False
+    )
+    got = upsample_bilinear(x, factor)
+    assert got.shape == (*shape[:-2], shape[-2] * factor, shape[-1] * factor)
+    assert (got - expected.reshape(got.shape)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("factor", [0, -2, 2.0])
+def test_upsample_bilinear_rejects_bad_factor(factor):
+    from promptseg.transforms import upsample_bilinear
+
+    with pytest.raises(ValueError, match="factor"):
+        upsample_bilinear(torch.zeros(1, 1, 2, 2), factor)

@@ -7,6 +7,8 @@ from typing import Type
 import torch
 from torch import Tensor, nn
 
+from promptseg.layers.linear import linear
+
 
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of a ``B×C×H×W`` tensor."""
@@ -34,12 +36,10 @@ class MLPBlock(nn.Module):
         self.act = act()
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.lin1(x)
-        if isinstance(self.act, nn.GELU) and not (torch.is_grad_enabled() and h.requires_grad):
-            h = torch.ops.aten.gelu_(h, approximate=self.act.approximate)  # inference: no second buffer
-        else:
-            h = self.act(h)
-        return self.lin2(h)
+        """``…×embedding_dim`` → same; the projections go through :func:`promptseg.layers.linear.linear`."""
+        if isinstance(self.act, nn.GELU) and self.act.approximate == "none":
+            return linear(linear(x, self.lin1, "gelu"), self.lin2)
+        return linear(self.act(linear(x, self.lin1)), self.lin2)
 
 
 class MLP(nn.Module):

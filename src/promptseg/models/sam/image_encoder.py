@@ -9,7 +9,7 @@ Parameter names follow the official checkpoints so their state dicts load withou
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Type
+from typing import Iterator, List, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from promptseg.layers import DecomposedBias, DropPath, LayerNorm2d, MLPBlock
 from promptseg.layers.attention import attention
+from promptseg.layers.linear import linear
 from promptseg.models.sam.config import ImageEncoderConfig
 
 
@@ -80,45 +81,86 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
+    def split_heads(self, qkv: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """``qkv: B×H×W×3C`` → contiguous ``q, k, v: B×heads×(H·W)×D`` (one copy)."""
+        b, h, w, _ = qkv.shape
+        qkv = qkv.reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).contiguous()
+        q, k, v = qkv.unbind(0)
+        return q, k, v
+
+    def attend_heads(self, q: Tensor, k: Tensor, v: Tensor, size: Tuple[int, int]) -> Tensor:
+        """Attention of ``q, k, v: B×heads×N×D`` over an ``h×w = N`` grid (relative positions) → ``B×heads×N×D``."""
+        bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, size) if self.use_rel_pos else None
+        return attention(q, k, v, bias, self.scale)
+
     def attend(self, qkv: Tensor) -> Tensor:
         """``qkv: B×H×W×3C`` (already projected) → ``B×H×W×C`` attention output, before ``proj``."""
         b, h, w, _ = qkv.shape
-        n = h * w
-        qkv = qkv.reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # B×heads×N×D each
-        bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w)) if self.use_rel_pos else None
-        x = attention(q, k, v, bias, self.scale)
+        x = self.attend_heads(*self.split_heads(qkv), (h, w))
         return x.transpose(1, 2).reshape(b, h, w, -1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.attend(self.qkv(x)))
+        return linear(self.attend(linear(x, self.qkv)), self.proj)
 
 
-def window_partition(x: Tensor, window_size: int, pad_value: Optional[Tensor] = None) -> Tuple[Tensor, Tuple[int, int]]:
-    """``B×H×W×C`` → ``(B·nW)×ws×ws×C`` windows, padding bottom/right with ``pad_value`` (zeros by default)."""
-    b, h, w, c = x.shape
-    pad_h = (window_size - h % window_size) % window_size
-    pad_w = (window_size - w % window_size) % window_size
-    if pad_h or pad_w:
-        if pad_value is None:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        else:
-            padded = pad_value.to(x.dtype).expand(b, h + pad_h, w + pad_w, c).clone()
-            padded[:, :h, :w] = x
-            x = padded
-    hp, wp = h + pad_h, w + pad_w
-    x = x.view(b, hp // window_size, window_size, wp // window_size, window_size, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c), (hp, wp)
+def _axis_parts(n: int, window_size: int) -> List[Tuple[slice, int, int, slice, slice]]:
+    """How an axis of ``n`` cells falls into windows: ``(cells, windows, cells per window, window
+    index, index inside the window)`` for the run of full windows and for the last, partial one."""
+    full, rest = divmod(n, window_size)
+    parts = []
+    if full:
+        parts.append((slice(0, full * window_size), full, window_size, slice(0, full), slice(0, window_size)))
+    if rest:
+        parts.append((slice(full * window_size, n), 1, rest, slice(full, full + 1), slice(0, rest)))
+    return parts
 
 
-def window_unpartition(windows: Tensor, window_size: int, pad_hw: Tuple[int, int], hw: Tuple[int, int]) -> Tensor:
-    """Inverse of :func:`window_partition`, cropping the padding: → ``B×H×W×C``."""
-    hp, wp = pad_hw
+def _window_views(grid: Tensor, windows: Tensor, window_size: int) -> Iterator[Tuple[Tensor, Tensor]]:
+    """Matching views of ``grid: B×H×W×…`` and of ``windows: B×nH×ws×nW×ws×…`` (the padded window
+    layout) that together cover the grid: at most four pairs (full / partial windows on each axis)."""
+    h, w = grid.shape[1:3]
+    for cells_h, n_h, len_h, win_h, in_h in _axis_parts(h, window_size):
+        for cells_w, n_w, len_w, win_w, in_w in _axis_parts(w, window_size):
+            cells = grid[:, cells_h, cells_w].unflatten(2, (n_w, len_w)).unflatten(1, (n_h, len_h))
+            yield cells, windows[:, win_h, in_h, win_w, in_w]
+
+
+def window_heads(
+    qkv: Tensor, window_size: int, num_heads: int, pad_value: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """``qkv: B×H×W×3C`` → contiguous ``q, k, v: (B·nW)×heads×ws²×D`` of the ``ws×ws`` windows.
+
+    The grid is padded bottom/right to whole windows with ``pad_value`` (``3C``; zeros by default).
+    Window partition, padding and the split into heads are one copy into the final layout.
+    """
+    b, h, w, c3 = qkv.shape
+    n_h, n_w = -(-h // window_size), -(-w // window_size)
+    d = c3 // 3 // num_heads
+    out = qkv.new_empty(3, b, n_h, n_w, num_heads, window_size, window_size, d)
+    windows = out.permute(1, 2, 5, 3, 6, 0, 4, 7)  # B×nH×ws×nW×ws×3×heads×D
+    for cells, win in _window_views(qkv.unflatten(-1, (3, num_heads, d)), windows, window_size):
+        win.copy_(cells)
+    if h % window_size or w % window_size:
+        pad = (qkv.new_zeros(c3) if pad_value is None else pad_value.to(qkv.dtype)).view(3, num_heads, d)
+        if h % window_size:
+            windows[:, -1, h % window_size :] = pad
+        if w % window_size:
+            windows[:, :, :, -1, w % window_size :] = pad
+    q, k, v = out.view(3, b * n_h * n_w, num_heads, window_size * window_size, d).unbind(0)
+    return q, k, v
+
+
+def window_merge(x: Tensor, window_size: int, hw: Tuple[int, int]) -> Tensor:
+    """Inverse of :func:`window_heads` for the attention output: ``(B·nW)×heads×ws²×D`` → ``B×H×W×(heads·D)``,
+    padding cropped, in one copy."""
     h, w = hw
-    b = windows.shape[0] // (hp * wp // window_size // window_size)
-    x = windows.view(b, hp // window_size, wp // window_size, window_size, window_size, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
-    return x[:, :h, :w, :] if (hp > h or wp > w) else x
+    n_h, n_w = -(-h // window_size), -(-w // window_size)
+    _, heads, _, d = x.shape
+    windows = x.view(-1, n_h, n_w, heads, window_size, window_size, d).permute(0, 1, 4, 2, 5, 3, 6)
+    out = x.new_empty(windows.shape[0], h, w, heads, d)
+    for cells, win in _window_views(out, windows, window_size):
+        cells.copy_(win)
+    return out.flatten(-2)
 
 
 class Block(nn.Module):
@@ -154,13 +196,13 @@ class Block(nn.Module):
         # The reference pads the *normalised* tokens with zeros before the qkv projection, so padded
         # tokens carry exactly the qkv bias. Projecting first and padding the projection with that bias
         # is the same computation with ~20 % fewer rows through the qkv and output projections.
-        qkv = self.attn.qkv(x)
+        attn = self.attn
+        qkv = linear(x, attn.qkv)
         if self.window_size == 0:
-            return self.attn.proj(self.attn.attend(qkv))
-        h, w = x.shape[1:3]
-        windows, pad_hw = window_partition(qkv, self.window_size, self.attn.qkv.bias)
-        out = window_unpartition(self.attn.attend(windows), self.window_size, pad_hw, (h, w))
-        return self.attn.proj(out)
+            return linear(attn.attend(qkv), attn.proj)
+        ws = self.window_size
+        q, k, v = window_heads(qkv, ws, attn.num_heads, attn.qkv.bias)
+        return linear(window_merge(attn.attend_heads(q, k, v, (ws, ws)), ws, x.shape[1:3]), attn.proj)
 
     def forward(self, x: Tensor) -> Tensor:
         """``B×H×W×C`` → same. The residual stream keeps the dtype of ``x`` (float32 in the bf16 mode,

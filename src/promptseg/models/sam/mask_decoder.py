@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from promptseg.layers import MLP, LayerNorm2d, MLPBlock
 from promptseg.layers.attention import attention, get_attention_backend
+from promptseg.layers.linear import linear_weights
 
 
 class Attention(nn.Module):
@@ -239,8 +240,9 @@ class TwoWayTransformer(nn.Module):
 
     def image_keys(self, image_embedding: Tensor, image_pe: Tensor) -> ImageKeys:
         """Prompt-independent work of the first layer for ``image_embedding, image_pe: B×D×h×w``."""
-        keys = image_embedding.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
+        # token-major copies: sums like ``keys + update`` then come out contiguous for the LayerNorms
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         return self.layers[0].image_keys(keys, key_pe)
 
     def forward(
@@ -385,14 +387,17 @@ class MaskDecoder(nn.Module):
         conv1, norm, act1, conv2, act2 = self.output_upscaling
         b = hyper_in.shape[0]
 
-        def subpixel_linear(x: Tensor, conv: nn.ConvTranspose2d) -> Tensor:
+        def subpixel_linear(x: Tensor, conv: nn.ConvTranspose2d, act: Optional[nn.Module] = None) -> Tensor:
             cin, cout = conv.weight.shape[:2]
             weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * cout, cin)  # rows ordered (i, j, cout)
-            return F.linear(x, weight, conv.bias.repeat(4)).view(*x.shape[:-1], 4, cout)
+            fused = isinstance(act, nn.GELU) and act.approximate == "none"
+            y = linear_weights(x, weight, conv.bias.repeat(4), "gelu" if fused else None)
+            y = y if fused or act is None else act(y)
+            return y.view(*x.shape[:-1], 4, cout)
 
         x = subpixel_linear(src.expand(b, -1, -1), conv1)  # B×hw×4×C/4
         x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
-        x = act2(subpixel_linear(x, conv2))  # B×hw×4×4×C/8 — sub-pixel (i1, j1), then (i2, j2)
+        x = subpixel_linear(x, conv2, act2)  # B×hw×4×4×C/8 — sub-pixel (i1, j1), then (i2, j2)
         masks = x.reshape(b, -1, x.shape[-1]) @ hyper_in.transpose(1, 2)  # B×(hw·16)×K
         k = masks.shape[-1]
         masks = masks.view(b, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)

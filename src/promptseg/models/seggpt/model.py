@@ -157,7 +157,7 @@ def self_attention(attn: Attention, qkv: Tensor, scratch: Optional[Scratch] = No
     compete for them, where many small blocked ops stall on every thread barrier.
     """
     b, h, w, _ = qkv.shape
-    q, k, v = qkv.reshape(b, h * w, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # B×heads×N×D
+    q, k, v = attn.split_heads(qkv)  # B×heads×N×D
     if not attn.use_rel_pos:
         out = attention(q, k, v, None, attn.scale)
     else:
@@ -200,8 +200,7 @@ class SegGptLayer(nn.Module):
         if ensemble_groups:
             y = average_query_half(y, ensemble_groups)
         x = _residual(x, self.drop_path(y))
-        y = linear(linear(self.layernorm_after(x), self.mlp.lin1, "gelu"), self.mlp.lin2)
-        return _residual(x, self.drop_path(y))
+        return _residual(x, self.drop_path(self.mlp(self.layernorm_after(x))))
 
 
 def _residual(x: Tensor, y: Tensor) -> Tensor:

@@ -1,0 +1,134 @@
+"""The inference fast paths of the shared layers against their plain formulations.
+
+* :func:`promptseg.layers.linear.linear` (oneDNN, bias and GELU fused) against ``F.linear``/``F.gelu``;
+* :func:`window_heads` / :func:`window_merge` (window partition, padding and head split in one copy)
+  against pad → partition → split written out with ``F.pad`` and ``view``/``permute``, forward and backward.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from promptseg.layers import MLPBlock
+from promptseg.layers.linear import linear
+from promptseg.models.sam.image_encoder import window_heads, window_merge
+
+
+def _layer(n_in: int, n_out: int, dtype: torch.dtype, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(n_in, n_out).to(dtype)
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+@pytest.mark.parametrize("shape", [(5, 48), (2, 3, 7, 48)])
+def test_linear_matches_f_linear_float32(activation, shape):
+    layer = _layer(48, 40, torch.float32)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        got = linear(x, layer, activation)
+        expected = F.linear(x, layer.weight, layer.bias)
+        expected = F.gelu(expected) if activation else expected
+    assert got.shape == (*shape[:-1], 40)
+    assert (got - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_linear_bfloat16_within_one_rounding(activation):
+    layer = _layer(64, 96, torch.bfloat16)
+    x = torch.randn(3, 11, 64).bfloat16()
+    with torch.no_grad():
+        got = linear(x, layer, activation).float()
+        exact = x.float() @ layer.weight.float().t() + layer.bias.float()
+        exact = F.gelu(exact) if activation else exact
+    assert got.dtype == torch.float32 and got.shape == exact.shape
+    # bfloat16 keeps 8 significant bits: ≤ 2 roundings of relative error 2^-8 (plus float32 sums)
+    assert ((got - exact).abs() <= exact.abs() * 2**-7 + 1e-2).all()
+
+
+def test_linear_records_gradients_through_the_plain_op():
+    layer = _layer(16, 8, torch.float32)
+    x = torch.randn(4, 16, requires_grad=True)
+    y = linear(x, layer, "gelu")
+    y.sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    layer2 = _layer(16, 8, torch.float32)
+    F.gelu(layer2(x2)).sum().backward()
+    assert torch.allclose(x.grad, x2.grad, atol=1e-6)
+    assert torch.allclose(layer.weight.grad, layer2.weight.grad, atol=1e-6)
+
+
+def test_linear_rejects_unknown_activation():
+    with pytest.raises(ValueError, match="activation"):
+        linear(torch.randn(2, 4), _layer(4, 4, torch.float32), "relu")
+
+
+def test_mlp_block_fused_gelu_equals_the_module_chain():
+    torch.manual_seed(1)
+    mlp = MLPBlock(32, 64)
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        expected = mlp.lin2(mlp.act(mlp.lin1(x)))
+        assert (mlp(x) - expected).abs().max() <= 1e-5
+    tanh = MLPBlock(32, 64, act=lambda: nn.GELU(approximate="tanh"))
+    with torch.no_grad():
+        assert (tanh(x) - tanh.lin2(tanh.act(tanh.lin1(x)))).abs().max() <= 1e-5
+
+
+def _windows_reference(qkv: torch.Tensor, ws: int, heads: int, pad_value: torch.Tensor):
+    """Pad with ``pad_value``, partition into windows, split heads — the textbook way."""
+    b, h, w, c3 = qkv.shape
+    ph, pw = (-h) % ws, (-w) % ws
+    padded = pad_value.expand(b, h + ph, w + pw, c3).clone()
+    padded[:, :h, :w] = qkv
+    x = padded.view(b, (h + ph) // ws, ws, (w + pw) // ws, ws, c3).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c3)
+    q, k, v = x.reshape(x.shape[0], ws * ws, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    return q, k, v
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (9, 7), (3, 10), (4, 5)])
+def test_window_heads_equals_pad_partition_split(hw):
+    h, w = hw
+    ws, heads, d = 4, 3, 5
+    qkv = torch.randn(2, h, w, 3 * heads * d)
+    pad = torch.randn(3 * heads * d)
+    got = window_heads(qkv, ws, heads, pad)
+    expected = _windows_reference(qkv, ws, heads, pad)
+    for g, e in zip(got, expected):
+        assert g.is_contiguous()
+        assert torch.equal(g, e)
+    zeros = window_heads(qkv, ws, heads)  # default padding: zeros
+    for g, e in zip(zeros, _windows_reference(qkv, ws, heads, torch.zeros(3 * heads * d))):
+        assert torch.equal(g, e)
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (9, 7), (3, 10)])
+def test_window_merge_inverts_window_heads(hw):
+    h, w = hw
+    ws, heads, d = 4, 2, 3
+    qkv = torch.randn(2, h, w, 3 * heads * d)
+    q, k, v = window_heads(qkv, ws, heads, torch.randn(3 * heads * d))
+    for i, part in enumerate((q, k, v)):
+        merged = window_merge(part, ws, (h, w))
+        assert merged.shape == (2, h, w, heads * d)
+        assert torch.equal(merged, qkv[..., i * heads * d : (i + 1) * heads * d])
+
+
+def test_window_heads_and_merge_backpropagate():
+    ws, heads, d, h, w = 4, 2, 3, 6, 5
+    qkv = torch.randn(1, h, w, 3 * heads * d, requires_grad=True)
+    pad = torch.randn(3 * heads * d, requires_grad=True)
+    weights = [torch.randn(4, heads, ws * ws, d) for _ in range(3)]  # 2×2 windows
+    grads = []
+    for fn in (lambda: window_heads(qkv, ws, heads, pad), lambda: _windows_reference(qkv, ws, heads, pad)):
+        qkv.grad = pad.grad = None
+        sum((t * wt).sum() for t, wt in zip(fn(), weights)).backward()
+        grads.append((qkv.grad.clone(), pad.grad.clone()))
+    assert torch.allclose(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1], atol=1e-5)
+    x = torch.randn(4, heads, ws * ws, d, requires_grad=True)
+    window_merge(x, ws, (h, w)).sum().backward()
+    # every cell inside the image gets gradient 1 once; padded cells get none
+    assert set(x.grad.unique().tolist()) == {0.0, 1.0}
+    assert x.grad.sum().item() == h * w * heads * d
