@@ -25,6 +25,7 @@ keeps the reference's run short: its peak is set by one batch of 64 points, what
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -154,6 +155,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--points-per-side", type=int, default=None, help="default 32 (8 with --quick)")
     parser.add_argument("--batches", default="64", help="promptseg points_per_batch values to time (comma-separated)")
     parser.add_argument("--skip-reference", action="store_true", help="time promptseg only")
+    parser.add_argument("--modes", default="bf16-encoder,bf16",
+                        help="promptseg's faster precisions to time as well (comma-separated, '' for none): "
+                             "bf16-encoder (bfloat16 image encoder, float32 decoder), bf16 (the whole model)")
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS (3000×2000, crop_n_layers=1)")
     parser.add_argument("--rss-reference", action="store_true", help="measure the reference's peak RSS too")
     parser.add_argument("--rss-points", type=int, default=None, help="points per side of the RSS runs (default: as --points-per-side)")
@@ -180,6 +184,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     h, w = (args.height // 4, args.width // 4) if args.quick else (args.height, args.width)
     image = smooth_image(h, w)
     batches = [int(b) for b in args.batches.split(",")]
+    args.modes = [m for m in args.modes.split(",") if m]
+    unknown = set(args.modes) - {"bf16-encoder", "bf16"}
+    if unknown:
+        parser.error(f"unknown --modes {sorted(unknown)}; use bf16-encoder and/or bf16")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; image {h}×{w}; "
           f"model {'tiny' if args.quick else 'ViT-B'}; {args.points_per_side}² points, filters and NMS off", flush=True)
     options = dict(NO_FILTERS, points_per_side=args.points_per_side)
@@ -218,6 +226,22 @@ def main(argv: Optional[List[str]] = None) -> int:
                          f"(largest area difference {parity['max_rel_area_diff']:.2e})")
             print(line, flush=True)
             del gen, got
+        for mode in args.modes:
+            fast = copy.deepcopy(ours)
+            if mode == "bf16":
+                fast.to(torch.bfloat16)
+            else:  # bf16-encoder: bfloat16 image encoder, float32 decoder
+                fast.image_encoder.to(torch.bfloat16)
+            gen = SamAutomaticMaskGenerator(fast, **options, points_per_batch=batches[0])
+            _, results[f"promptseg_{mode}_warmup_s"] = timed(lambda: gen.generate(warm))
+            got, results[f"promptseg_{mode}_s"] = timed(lambda: gen.generate(image))
+            line = f"promptseg {mode}: {results[f'promptseg_{mode}_s']:.1f} s, {len(got)} masks"
+            if expected is not None:
+                parity = results[f"parity_{mode}"] = match(expected, got)
+                line += (f"; parity: {parity['matched']:.2%} of reference masks matched (IoU ≥ 0.95; "
+                         f"mean IoU {parity['mean_iou']:.6f}, min {parity['min_iou']:.4f}), counts {len(expected)} / {len(got)}")
+            print(line, flush=True)
+            del gen, got, fast
 
     if args.rss:
         for impl in (["reference"] if args.rss_reference else []) + ["promptseg"]:
@@ -236,6 +260,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows.append(("generate, reference", results["reference_s"], results["reference_s"]))
     for batch in batches:
         rows.append((f"generate, promptseg ppb={batch}", results[f"promptseg_ppb{batch}_s"], results.get("reference_s")))
+    for mode in args.modes:
+        rows.append((f"generate, promptseg {mode}", results[f"promptseg_{mode}_s"], results.get("reference_s")))
     warmups = {k: v for k, v in results.items() if k.endswith("_warmup_s")}
     print("warm-up calls (64×96 image, not in the timings below): "
           + ", ".join(f"{k[:-len('_warmup_s')]} {v:.2f} s" for k, v in warmups.items()))
@@ -251,6 +277,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                        ratio_without_encoder=rest_ref / max(rest_ours, 1e-9))
         print(f"\nend to end: {results['ratio_default']:.2f}× (defaults), {results['ratio_fastest']:.2f}× (fastest batch); "
               f"everything but the encoder: {results['ratio_without_encoder']:.2f}×")
+        for mode in args.modes:
+            results[f"ratio_{mode}"] = results["reference_s"] / results[f"promptseg_{mode}_s"]
+            print(f"{mode}: {results[f'ratio_{mode}']:.2f}× end to end")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -76,7 +76,9 @@ def test_segment_point(files, capsys, tmp_path):
     assert area == int(io.read_mask_png(out / "mask.png").sum())
 
 
-@pytest.mark.parametrize("extra", [[], ["--single"], ["--multimask", "--dtype", "bfloat16"]])
+@pytest.mark.parametrize(
+    "extra", [[], ["--single"], ["--multimask", "--dtype", "bfloat16"], ["--encoder-dtype", "bfloat16"]]
+)
 def test_segment_box_with_points(files, capsys, tmp_path, extra):
     out = tmp_path / "out"
     code, stdout, err = run(capsys, "segment", files["image"], "--checkpoint", files["ckpt"],

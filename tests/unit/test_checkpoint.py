@@ -243,6 +243,10 @@ def test_load_sam_device_and_dtype(tmp_path, tiny_sam):
     model = load_sam(path, dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    mixed = load_sam(path, encoder_dtype=torch.bfloat16)  # bf16 encoder, float32 decoder
+    assert mixed.dtype == torch.float32
+    assert all(p.dtype == torch.bfloat16 for p in mixed.image_encoder.parameters())
+    assert all(p.dtype == torch.float32 for p in mixed.mask_decoder.parameters())
     # saved back as float32
     save_sam(model, tmp_path / "bf16.safetensors")
     state, _ = read_state_dict(tmp_path / "bf16.safetensors")

@@ -421,6 +421,7 @@ class GeneratorFactory:
         preset: ``"default"``, ``"edges"``, ``"proposals"`` or ``"sa1b"``: the settings of ``CLASS.PRESETS``
             when the class has them (promptseg's generator), else of :data:`PRESETS`.
         device, dtype: where and in which precision the model runs (``"float32"`` or ``"bfloat16"``).
+        encoder_dtype: the image encoder's precision when it differs from ``dtype`` (None: ``dtype``).
         threads: torch intra-op threads of the worker (None: torch's default).
     """
 
@@ -430,6 +431,7 @@ class GeneratorFactory:
     preset: str = "default"
     device: str = "cpu"
     dtype: str = "float32"
+    encoder_dtype: Optional[str] = None
     threads: Optional[int] = None
 
     def _checkpoint_path(self) -> Path:
@@ -454,8 +456,9 @@ class GeneratorFactory:
 
         self._checkpoint_path()
         usable_device(self.device, "device")
-        if not hasattr(torch, self.dtype):
-            raise ValueError(f"unknown dtype {self.dtype!r}")
+        for name in (self.dtype, self.encoder_dtype or self.dtype):
+            if not isinstance(getattr(torch, name, None), torch.dtype):
+                raise ValueError(f"unknown dtype {name!r}")
         self.resolved_options()
 
     def resolved_options(self) -> Dict[str, Any]:
@@ -480,6 +483,8 @@ class GeneratorFactory:
             "generator": self.generator,
             "options": {k: options[k] for k in sorted(options)},
             "dtype": self.dtype,
+            # only when set, so that jobs started before the option existed keep their fingerprint
+            **({"encoder_dtype": self.encoder_dtype} if self.encoder_dtype not in (None, self.dtype) else {}),
         }
 
     def __call__(self) -> Any:
@@ -489,7 +494,12 @@ class GeneratorFactory:
 
         if self.threads:
             torch.set_num_threads(int(self.threads))
-        model = hub.load_model(self.checkpoint, device=torch.device(self.device), dtype=getattr(torch, self.dtype))
+        model = hub.load_model(
+            self.checkpoint,
+            device=torch.device(self.device),
+            dtype=getattr(torch, self.dtype),
+            encoder_dtype=getattr(torch, self.encoder_dtype) if self.encoder_dtype else None,
+        )
         cls = _import_object(self.generator)
         return _NoGradGenerator(cls(model, **self.resolved_options(), output_mode="binary_mask"))
 

@@ -22,14 +22,14 @@ from promptseg.models.sam.config import ImageEncoderConfig
 
 
 class PatchEmbed(nn.Module):
-    """``B×C×H×W`` image → ``B×(H/p)×(W/p)×D`` patch tokens."""
+    """``B×C×H×W`` image → ``B×(H/p)×(W/p)×D`` patch tokens (contiguous: every later op reads them token-major)."""
 
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)
+        return self.proj(x).permute(0, 2, 3, 1).contiguous()
 
 
 def get_rel_pos(q_size: int, k_size: int, rel_pos: Tensor) -> Tensor:
@@ -208,8 +208,17 @@ class Block(nn.Module):
         """``B×H×W×C`` → same. The residual stream keeps the dtype of ``x`` (float32 in the bf16 mode,
         so rounding does not accumulate over blocks); the branches run in the weights' dtype."""
         dtype = self.norm1.weight.dtype
-        x = x + self.drop_path(self._attention(self.norm1(x.to(dtype))))
-        return x + self.drop_path(self.mlp(self.norm2(x.to(dtype))))
+        x = _plus(x, self.drop_path(self._attention(self.norm1(x.to(dtype)))))
+        return _plus(x, self.drop_path(self.mlp(self.norm2(x.to(dtype)))))
+
+
+def _plus(x: Tensor, branch: Tensor) -> Tensor:
+    """``x + branch``; at inference the sum is written into ``branch`` (a fresh output of the block's
+    branch) when it has the dtype and shape of ``x``, saving a new buffer per residual."""
+    recording = torch.is_grad_enabled() and (x.requires_grad or branch.requires_grad)
+    if recording or branch.dtype != x.dtype or branch.shape != x.shape:
+        return x + branch
+    return branch.add_(x)
 
 
 class ImageEncoderViT(nn.Module):
