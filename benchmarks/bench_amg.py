@@ -39,6 +39,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_sam import build_pair, smooth_image  # noqa: E402  (same weights and images as bench_sam)
 
+# promptseg's faster precisions: the parts of the model that run in bfloat16
+MODES = {"bf16-encoder": ("encoder",), "bf16-encoder-transformer": ("encoder", "transformer"), "bf16": ("model",)}
 NO_FILTERS = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
 
 
@@ -155,9 +157,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--points-per-side", type=int, default=None, help="default 32 (8 with --quick)")
     parser.add_argument("--batches", default="64", help="promptseg points_per_batch values to time (comma-separated)")
     parser.add_argument("--skip-reference", action="store_true", help="time promptseg only")
-    parser.add_argument("--modes", default="bf16-encoder,bf16",
+    parser.add_argument("--modes", default=",".join(MODES),
                         help="promptseg's faster precisions to time as well (comma-separated, '' for none): "
-                             "bf16-encoder (bfloat16 image encoder, float32 decoder), bf16 (the whole model)")
+                             "bf16-encoder (bfloat16 image encoder, float32 decoder), bf16-encoder-transformer "
+                             "(also the decoder's two-way transformer), bf16 (the whole model)")
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS (3000×2000, crop_n_layers=1)")
     parser.add_argument("--rss-reference", action="store_true", help="measure the reference's peak RSS too")
     parser.add_argument("--rss-points", type=int, default=None, help="points per side of the RSS runs (default: as --points-per-side)")
@@ -185,9 +188,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     image = smooth_image(h, w)
     batches = [int(b) for b in args.batches.split(",")]
     args.modes = [m for m in args.modes.split(",") if m]
-    unknown = set(args.modes) - {"bf16-encoder", "bf16"}
+    unknown = set(args.modes) - set(MODES)
     if unknown:
-        parser.error(f"unknown --modes {sorted(unknown)}; use bf16-encoder and/or bf16")
+        parser.error(f"unknown --modes {sorted(unknown)}; use some of {', '.join(MODES)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; image {h}×{w}; "
           f"model {'tiny' if args.quick else 'ViT-B'}; {args.points_per_side}² points, filters and NMS off", flush=True)
     options = dict(NO_FILTERS, points_per_side=args.points_per_side)
@@ -228,10 +231,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             del gen, got
         for mode in args.modes:
             fast = copy.deepcopy(ours)
-            if mode == "bf16":
-                fast.to(torch.bfloat16)
-            else:  # bf16-encoder: bfloat16 image encoder, float32 decoder
-                fast.image_encoder.to(torch.bfloat16)
+            for part in MODES[mode]:  # as load_model(dtype=…, encoder_dtype=…, transformer_dtype=…) sets them
+                {"model": fast, "encoder": fast.image_encoder, "transformer": fast.mask_decoder.transformer}[part].to(
+                    torch.bfloat16
+                )
             gen = SamAutomaticMaskGenerator(fast, **options, points_per_batch=batches[0])
             _, results[f"promptseg_{mode}_warmup_s"] = timed(lambda: gen.generate(warm))
             got, results[f"promptseg_{mode}_s"] = timed(lambda: gen.generate(image))

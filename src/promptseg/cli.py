@@ -27,10 +27,16 @@ from promptseg import __version__
 
 EXIT_USAGE = 2
 DTYPES = ("float32", "bfloat16")
-ENCODER_DTYPE_HELP = (
-    "image encoder precision (default: --dtype); bfloat16 with --dtype float32 is the fast mode whose masks "
-    "stay closest to float32's"
-)
+
+
+def add_part_dtype_options(p: argparse.ArgumentParser) -> None:
+    """``--encoder-dtype`` and ``--transformer-dtype``: precisions of two parts of the model on their own."""
+    p.add_argument("--encoder-dtype", choices=DTYPES, default=None,
+                   help="image encoder precision (default: --dtype); bfloat16 with --dtype float32 is the fast "
+                        "mode whose masks stay closest to float32's")
+    p.add_argument("--transformer-dtype", choices=DTYPES, default=None,
+                   help="precision of the mask decoder's two-way transformer (default: --dtype); bfloat16 with "
+                        "--encoder-dtype bfloat16 is the fastest mode that keeps automatic masks within IoU 0.95")
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
 
 Point = Tuple[float, float, int]
@@ -101,7 +107,7 @@ def parse_box(text: str) -> Box:
 def _add_model_options(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
     p.add_argument("--checkpoint", metavar="CKPT", help=checkpoint_help)
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="model precision (default: float32)")
-    p.add_argument("--encoder-dtype", choices=DTYPES, default=None, help=ENCODER_DTYPE_HELP)
+    add_part_dtype_options(p)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
 
 
@@ -203,16 +209,18 @@ def _output_dir(path: str) -> Path:
     return out
 
 
-def _load_model(checkpoint: Optional[str], device: str, dtype: str, encoder_dtype: Optional[str] = None) -> Any:
+def _load_model(args: argparse.Namespace) -> Any:
+    """The SAM of ``args.checkpoint`` (or the bundled one) with ``args.device`` and the ``--*dtype`` options."""
     import torch
 
     from promptseg import hub
 
+    parts = {name: getattr(args, name, None) for name in ("encoder_dtype", "transformer_dtype")}
     return hub.load_model(
-        checkpoint,
-        device=hub.usable_device(device),
-        dtype=getattr(torch, dtype),
-        encoder_dtype=getattr(torch, encoder_dtype) if encoder_dtype else None,
+        args.checkpoint,
+        device=hub.usable_device(args.device),
+        dtype=getattr(torch, args.dtype),
+        **{name: getattr(torch, value) for name, value in parts.items() if value},
     )
 
 
@@ -325,7 +333,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     from promptseg.predictor import SamPredictor  # torch: imported once the command line is known to be good
 
-    model = _load_model(args.checkpoint, args.device, args.dtype, args.encoder_dtype)
+    model = _load_model(args)
     predictor = SamPredictor(model)
     predictor.set_image(image)
     coords = np.array([[(x, y) for x, y, _ in points]], dtype=np.float64) if points else None
@@ -431,7 +439,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     photos = io.sample_images()
     if not photos:
         raise FileNotFoundError("this promptseg installation has no sample photos in promptseg/assets")
-    model = _load_model(args.checkpoint, args.device, args.dtype, args.encoder_dtype)
+    model = _load_model(args)
     out = _output_dir(args.output)
     predictor = SamPredictor(model)
     # automatic masks (§B): a point grid, filtered by predicted IoU and stability, then NMS

@@ -42,11 +42,12 @@ def load_model(
     device: Union[str, torch.device] = "cpu",
     dtype: torch.dtype = torch.float32,
     encoder_dtype: Optional[torch.dtype] = None,
+    transformer_dtype: Optional[torch.dtype] = None,
 ):
     """Load a SAM: ``checkpoint`` (official ``.pth`` or promptseg ``.safetensors``) or the bundled default.
 
-    ``dtype`` is the model's precision; ``encoder_dtype`` (default ``dtype``) the image encoder's alone
-    (see :func:`promptseg.models.sam.weights.load_sam`). Without a checkpoint and without a bundled model this raises :class:`NoDefaultModelError`
+    ``dtype`` is the model's precision; ``encoder_dtype`` and ``transformer_dtype`` (default ``dtype``)
+    those of the image encoder and of the decoder's two-way transformer alone (see :func:`promptseg.models.sam.weights.load_sam`). Without a checkpoint and without a bundled model this raises :class:`NoDefaultModelError`
     explaining what to pass — it never runs random weights as if they were a model.
     """
     from promptseg.models.sam.weights import load_sam
@@ -58,4 +59,6 @@ def load_model(
                 "no checkpoint given and this promptseg build bundles no default model yet; pass a SAM "
                 "checkpoint, e.g. --checkpoint sam_vit_b_01ec64.pth (official) or a promptseg .safetensors file"
             )
-    return load_sam(checkpoint, device=device, dtype=dtype, encoder_dtype=encoder_dtype)
+    return load_sam(
+        checkpoint, device=device, dtype=dtype, encoder_dtype=encoder_dtype, transformer_dtype=transformer_dtype
+    )

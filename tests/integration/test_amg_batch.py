@@ -154,19 +154,20 @@ def test_local_batch_outputs_skip_and_formats(tmp_path, helpers, factory):
     assert run_batch([tmp_path / "in"], out2, other, ["sa1b"], progress=False).done == 5
 
 
-def test_encoder_dtype_is_part_of_the_fingerprint_only_when_set(checkpoint):
+def test_part_dtypes_are_part_of_the_fingerprint_only_when_set(checkpoint):
     import dataclasses
 
     import torch
 
     plain = GeneratorFactory(str(checkpoint), generator=DEFAULT_GENERATOR, options=dict(OPTIONS), threads=1)
     same = dataclasses.replace(plain, encoder_dtype="float32")  # = dtype: the same model
-    fast = dataclasses.replace(plain, encoder_dtype="bfloat16")
+    fast = dataclasses.replace(plain, encoder_dtype="bfloat16", transformer_dtype="bfloat16")
     assert "encoder_dtype" not in plain.settings() and same.settings() == plain.settings()
-    assert fast.settings()["encoder_dtype"] == "bfloat16"
+    assert fast.settings()["encoder_dtype"] == fast.settings()["transformer_dtype"] == "bfloat16"
     fast.check()
     model = fast().generator.predictor.model
     assert model.image_encoder.patch_embed.proj.weight.dtype == torch.bfloat16 and model.dtype == torch.float32
+    assert model.mask_decoder.transformer.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="unknown dtype 'float8'"):
         dataclasses.replace(plain, encoder_dtype="float8").check()
 

@@ -77,7 +77,14 @@ def test_segment_point(files, capsys, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "extra", [[], ["--single"], ["--multimask", "--dtype", "bfloat16"], ["--encoder-dtype", "bfloat16"]]
+    "extra",
+    [
+        [],
+        ["--single"],
+        ["--multimask", "--dtype", "bfloat16"],
+        ["--encoder-dtype", "bfloat16"],
+        ["--encoder-dtype", "bfloat16", "--transformer-dtype", "bfloat16"],
+    ],
 )
 def test_segment_box_with_points(files, capsys, tmp_path, extra):
     out = tmp_path / "out"

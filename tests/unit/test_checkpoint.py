@@ -247,6 +247,9 @@ def test_load_sam_device_and_dtype(tmp_path, tiny_sam):
     assert mixed.dtype == torch.float32
     assert all(p.dtype == torch.bfloat16 for p in mixed.image_encoder.parameters())
     assert all(p.dtype == torch.float32 for p in mixed.mask_decoder.parameters())
+    trunk = load_sam(path, encoder_dtype=torch.bfloat16, transformer_dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in trunk.mask_decoder.transformer.parameters())
+    assert trunk.mask_decoder.output_upscaling[0].weight.dtype == torch.float32 and trunk.dtype == torch.float32
     # saved back as float32
     save_sam(model, tmp_path / "bf16.safetensors")
     state, _ = read_state_dict(tmp_path / "bf16.safetensors")

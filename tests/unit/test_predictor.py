@@ -88,15 +88,22 @@ def test_set_torch_image_matches_set_image(tiny_sam, image, predictor):
     assert p.original_size == (H, W) and p.input_size == (80, 128)
 
 
-def test_bfloat16_model_returns_float32_close_to_float32(tiny_sam, image, predictor):
-    """bfloat16 weights: outputs are float32/bool and close to the float32 model (loose bf16 tolerances:
+@pytest.mark.parametrize("parts", ["model", "encoder", "encoder+transformer"])
+def test_bfloat16_model_returns_float32_close_to_float32(tiny_sam, image, predictor, parts):
+    """bfloat16 weights (the whole model, or only the image encoder and the decoder's transformer, the
+    rest float32): outputs are float32/bool and close to the float32 model (loose bf16 tolerances:
     low-res logits |Δ| ≤ 0.05, IoU |Δ| ≤ 0.02, ≥ 98 % of mask pixels equal)."""
     model = build_sam(tiny_sam.config)
     model.load_state_dict(tiny_sam.state_dict())
-    model = model.to(torch.bfloat16)
+    if parts == "model":
+        model = model.to(torch.bfloat16)
+    else:
+        model.image_encoder.to(torch.bfloat16)
+        if "transformer" in parts:
+            model.mask_decoder.transformer.to(torch.bfloat16)
     p = SamPredictor(model)
     p.set_image(image)
-    assert p.features.dtype == torch.bfloat16
+    assert p.features.dtype == model.dtype  # the decoder's dtype
     prompt = dict(point_coords=np.array([[30, 40]]), point_labels=np.array([1]), box=np.array([10, 10, 100, 90]))
     masks, scores, low = p.predict(**prompt)
     assert masks.dtype == np.bool_ and scores.dtype == np.float32 and low.dtype == np.float32
@@ -106,6 +113,9 @@ def test_bfloat16_model_returns_float32_close_to_float32(tiny_sam, image, predic
     assert (masks == ref_masks).mean() >= 0.98
     many = p.predict_many(boxes=BOXES)
     assert many[0].dtype == np.bool_ and many[1].dtype == np.float32 and many[2].dtype == np.float32
+    again = p.predict(point_coords=prompt["point_coords"], point_labels=np.array([1]), mask_input=low[:1])
+    expected = predictor.predict(point_coords=prompt["point_coords"], point_labels=np.array([1]), mask_input=ref_low[:1])
+    assert (again[0] == expected[0]).mean() >= 0.98  # the mask-prompt path (no cached image keys)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -421,7 +421,8 @@ class GeneratorFactory:
         preset: ``"default"``, ``"edges"``, ``"proposals"`` or ``"sa1b"``: the settings of ``CLASS.PRESETS``
             when the class has them (promptseg's generator), else of :data:`PRESETS`.
         device, dtype: where and in which precision the model runs (``"float32"`` or ``"bfloat16"``).
-        encoder_dtype: the image encoder's precision when it differs from ``dtype`` (None: ``dtype``).
+        encoder_dtype, transformer_dtype: the precisions of the image encoder and of the decoder's two-way
+            transformer when they differ from ``dtype`` (None: ``dtype``).
         threads: torch intra-op threads of the worker (None: torch's default).
     """
 
@@ -432,6 +433,7 @@ class GeneratorFactory:
     device: str = "cpu"
     dtype: str = "float32"
     encoder_dtype: Optional[str] = None
+    transformer_dtype: Optional[str] = None
     threads: Optional[int] = None
 
     def _checkpoint_path(self) -> Path:
@@ -448,6 +450,11 @@ class GeneratorFactory:
             raise FileNotFoundError(f"checkpoint not found: {path}")
         return path
 
+    def _part_dtypes(self) -> Dict[str, str]:
+        """The part precisions that are set (``encoder_dtype``, ``transformer_dtype``)."""
+        parts = {"encoder_dtype": self.encoder_dtype, "transformer_dtype": self.transformer_dtype}
+        return {k: v for k, v in parts.items() if v}
+
     def check(self) -> None:
         """Fail early, in the driver, on what would fail in every worker: no model, bad device, no generator."""
         import torch
@@ -456,7 +463,7 @@ class GeneratorFactory:
 
         self._checkpoint_path()
         usable_device(self.device, "device")
-        for name in (self.dtype, self.encoder_dtype or self.dtype):
+        for name in (self.dtype, self.encoder_dtype or self.dtype, self.transformer_dtype or self.dtype):
             if not isinstance(getattr(torch, name, None), torch.dtype):
                 raise ValueError(f"unknown dtype {name!r}")
         self.resolved_options()
@@ -484,7 +491,7 @@ class GeneratorFactory:
             "options": {k: options[k] for k in sorted(options)},
             "dtype": self.dtype,
             # only when set, so that jobs started before the option existed keep their fingerprint
-            **({"encoder_dtype": self.encoder_dtype} if self.encoder_dtype not in (None, self.dtype) else {}),
+            **{k: v for k, v in self._part_dtypes().items() if v != self.dtype},
         }
 
     def __call__(self) -> Any:
@@ -498,7 +505,7 @@ class GeneratorFactory:
             self.checkpoint,
             device=torch.device(self.device),
             dtype=getattr(torch, self.dtype),
-            encoder_dtype=getattr(torch, self.encoder_dtype) if self.encoder_dtype else None,
+            **{k: getattr(torch, v) for k, v in self._part_dtypes().items()},
         )
         cls = _import_object(self.generator)
         return _NoGradGenerator(cls(model, **self.resolved_options(), output_mode="binary_mask"))

@@ -9,7 +9,8 @@ Usage::
                   [--formats sa1b,coco,png,geojson,overlay] [--polygon-tolerance 1.0]
                   [--geotransform GT0,GT1,GT2,GT3,GT4,GT5 [--crs EPSG:N] | --georef]
                   [--engine local|ray] [--ray-address ADDR] [--num-workers N] [--threads N]
-                  [--dtype float32|bfloat16] [--encoder-dtype float32|bfloat16] [--device cpu] [--generator MODULE:CLASS] [--force] [--quiet]
+                  [--dtype float32|bfloat16] [--encoder-dtype float32|bfloat16]
+                  [--transformer-dtype float32|bfloat16] [--device cpu] [--generator MODULE:CLASS] [--force] [--quiet]
 
 :func:`register` adds the command to the main ``promptseg`` parser; :func:`main` runs it on its own
 (``python -m promptseg.amg.cli INPUT -o OUT``). Exit status: 0 when every image is done or skipped, 1 when
@@ -24,7 +25,7 @@ import math
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-from promptseg.cli import DTYPES, ENCODER_DTYPE_HELP, number_type
+from promptseg.cli import DTYPES, add_part_dtype_options, number_type
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -116,7 +117,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=number_type(int, 1), default=None, metavar="N",
                    help="torch threads per worker (default: torch's for local, 1 per Ray actor)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="model precision (default float32)")
-    p.add_argument("--encoder-dtype", choices=DTYPES, default=None, help=ENCODER_DTYPE_HELP)
+    add_part_dtype_options(p)
     p.add_argument("--device", default="cpu",
                    help="torch device, e.g. cpu or cuda (default cpu); with --engine ray each actor takes a GPU")
     p.add_argument("--generator", default=DEFAULT_GENERATOR, metavar="MODULE:CLASS",
@@ -161,6 +162,7 @@ def cmd_amg(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         encoder_dtype=args.encoder_dtype,
+        transformer_dtype=args.transformer_dtype,
         threads=threads,
     )
     try:

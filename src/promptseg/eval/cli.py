@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from promptseg.cli import DTYPES, ENCODER_DTYPE_HELP
+from promptseg.cli import DTYPES, add_part_dtype_options
 
 FORMATS = ("sa1b", "coco", "folder")
 
@@ -55,7 +55,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from promptseg.predictor import SamPredictor
 
     dataset = open_dataset(args.dataset, args.format, args.annotations, args.masks)
-    model = _load_model(args.checkpoint, args.device, args.dtype, args.encoder_dtype)
+    model = _load_model(args)
     config = EvalConfig(max_clicks=args.max_clicks, grabcut=not args.no_grabcut, mask_prompt=not args.no_mask_prompt,
                         min_area=args.min_area, min_area_fraction=args.min_area_fraction)
     items = (dataset[i] for i in range(len(dataset)))
@@ -91,7 +91,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="SAM checkpoint (default: the bundled model)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="model precision (default: float32)")
-    p.add_argument("--encoder-dtype", choices=DTYPES, default=None, help=ENCODER_DTYPE_HELP)
+    add_part_dtype_options(p)
     p.add_argument("--max-masks", type=int, default=None, help="stop after this many masks")
     p.add_argument("--max-clicks", type=int, default=20)
     p.add_argument("--min-area", type=int, default=16, metavar="PIXELS", help="skip smaller masks (default 16)")

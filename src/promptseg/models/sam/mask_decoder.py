@@ -238,11 +238,16 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.norm_final_attn.weight.dtype
+
     def image_keys(self, image_embedding: Tensor, image_pe: Tensor) -> ImageKeys:
         """Prompt-independent work of the first layer for ``image_embedding, image_pe: B×D×h×w``."""
-        # token-major copies: sums like ``keys + update`` then come out contiguous for the LayerNorms
-        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        # token-major copies (sums like ``keys + update`` then come out contiguous for the LayerNorms),
+        # in this transformer's dtype, which may differ from the rest of the decoder's
+        keys = image_embedding.flatten(2).transpose(1, 2).to(self.dtype).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).to(self.dtype).contiguous()
         return self.layers[0].image_keys(keys, key_pe)
 
     def forward(
@@ -367,7 +372,9 @@ class MaskDecoder(nn.Module):
                 src = image_embeddings + dense[:1]
             else:
                 src = self._per_prompt(image_embeddings, b, image_indices) + dense
-        hs, src = self.transformer(src, image_pe, tokens, image_keys)
+        dt = self.transformer.dtype  # the transformer may run in another dtype (the bf16 "transformer_dtype")
+        hs, src = self.transformer(src, image_pe.to(dt), tokens.to(dt), image_keys)
+        hs, src = hs.to(output_tokens.dtype), src.to(output_tokens.dtype)
 
         iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, mask_slice]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
