@@ -27,16 +27,6 @@ from promptseg import __version__
 
 EXIT_USAGE = 2
 DTYPES = ("float32", "bfloat16")
-
-
-def add_part_dtype_options(p: argparse.ArgumentParser) -> None:
-    """``--encoder-dtype`` and ``--transformer-dtype``: precisions of two parts of the model on their own."""
-    p.add_argument("--encoder-dtype", choices=DTYPES, default=None,
-                   help="image encoder precision (default: --dtype); bfloat16 with --dtype float32 is the fast "
-                        "mode whose masks stay closest to float32's")
-    p.add_argument("--transformer-dtype", choices=DTYPES, default=None,
-                   help="precision of the mask decoder's two-way transformer (default: --dtype); bfloat16 with "
-                        "--encoder-dtype bfloat16 is the fastest mode that keeps automatic masks within IoU 0.95")
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
 
 Point = Tuple[float, float, int]
@@ -102,6 +92,16 @@ def parse_box(text: str) -> Box:
             f"invalid box {text!r}: expected X0,Y0,X1,Y1 with X0 ≤ X1 and Y0 ≤ Y1 (top-left, then bottom-right)"
         )
     return x0, y0, x1, y1
+
+
+def add_part_dtype_options(p: argparse.ArgumentParser) -> None:
+    """``--encoder-dtype`` and ``--transformer-dtype``: precisions of two parts of the model on their own."""
+    p.add_argument("--encoder-dtype", choices=DTYPES, default=None,
+                   help="image encoder precision (default: --dtype); bfloat16 with --dtype float32 is the fast "
+                        "mode whose masks stay closest to float32's")
+    p.add_argument("--transformer-dtype", choices=DTYPES, default=None,
+                   help="precision of the mask decoder's two-way transformer (default: --dtype); bfloat16 with "
+                        "--encoder-dtype bfloat16 is the fastest mode that keeps automatic masks within IoU 0.95")
 
 
 def _add_model_options(p: argparse.ArgumentParser, checkpoint_help: str) -> None:

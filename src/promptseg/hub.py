@@ -47,8 +47,9 @@ def load_model(
     """Load a SAM: ``checkpoint`` (official ``.pth`` or promptseg ``.safetensors``) or the bundled default.
 
     ``dtype`` is the model's precision; ``encoder_dtype`` and ``transformer_dtype`` (default ``dtype``)
-    those of the image encoder and of the decoder's two-way transformer alone (see :func:`promptseg.models.sam.weights.load_sam`). Without a checkpoint and without a bundled model this raises :class:`NoDefaultModelError`
-    explaining what to pass — it never runs random weights as if they were a model.
+    those of the image encoder and of the decoder's two-way transformer alone (see
+    :func:`promptseg.models.sam.weights.load_sam`). Without a checkpoint and without a bundled model this
+    raises :class:`NoDefaultModelError` explaining what to pass — it never runs random weights as if they were a model.
     """
     from promptseg.models.sam.weights import load_sam
 

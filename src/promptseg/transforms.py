@@ -9,7 +9,6 @@ resized to the original image.
 from __future__ import annotations
 
 import math
-
 from typing import Tuple
 
 import numpy as np

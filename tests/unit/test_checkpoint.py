@@ -247,6 +247,9 @@ def test_load_sam_device_and_dtype(tmp_path, tiny_sam):
     assert mixed.dtype == torch.float32
     assert all(p.dtype == torch.bfloat16 for p in mixed.image_encoder.parameters())
     assert all(p.dtype == torch.float32 for p in mixed.mask_decoder.parameters())
+    for bad in (dict(encoder_dtype="bfloat16"), dict(transformer_dtype=torch.int8), dict(dtype=None)):
+        with pytest.raises(TypeError, match=f"{next(iter(bad))} must be a floating torch.dtype"):
+            load_sam(path, **bad)
     trunk = load_sam(path, encoder_dtype=torch.bfloat16, transformer_dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in trunk.mask_decoder.transformer.parameters())
     assert trunk.mask_decoder.output_upscaling[0].weight.dtype == torch.float32 and trunk.dtype == torch.float32

@@ -8,7 +8,7 @@ from promptseg.layers.attention import (
     set_attention_backend,
     use_attention_backend,
 )
-from promptseg.layers.common import MLP, LayerNorm2d, MLPBlock, DropPath
+from promptseg.layers.common import MLP, LayerNorm2d, MLPBlock, DropPath, residual_add
 
 __all__ = [
     "DecomposedBias",
@@ -21,4 +21,5 @@ __all__ = [
     "MLPBlock",
     "LayerNorm2d",
     "DropPath",
+    "residual_add",
 ]

@@ -7,7 +7,7 @@ from typing import Type
 import torch
 from torch import Tensor, nn
 
-from promptseg.layers.linear import linear
+from promptseg.layers.linear import fused_activation, linear
 
 
 class LayerNorm2d(nn.Module):
@@ -37,9 +37,20 @@ class MLPBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``…×embedding_dim`` → same; the projections go through :func:`promptseg.layers.linear.linear`."""
-        if isinstance(self.act, nn.GELU) and self.act.approximate == "none":
-            return linear(linear(x, self.lin1, "gelu"), self.lin2)
+        fused = fused_activation(self.act)
+        if fused:
+            return linear(linear(x, self.lin1, fused), self.lin2)
         return linear(self.act(linear(x, self.lin1)), self.lin2)
+
+
+def residual_add(x: Tensor, branch: Tensor) -> Tensor:
+    """``x + branch``; when no autograd graph is recorded the sum is written into ``branch`` (a block's
+    fresh branch output, never the caller's ``x``) if it has the dtype and shape of ``x``, saving a
+    buffer per residual."""
+    recording = torch.is_grad_enabled() and (x.requires_grad or branch.requires_grad)
+    if recording or branch.dtype != x.dtype or branch.shape != x.shape:
+        return x + branch
+    return branch.add_(x)
 
 
 class MLP(nn.Module):

@@ -55,6 +55,11 @@ def _use_onednn(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
     return x.dtype == torch.float32 and onednn_linear_available()
 
 
+def fused_activation(act: Optional[nn.Module]) -> Optional[str]:
+    """The ``activation`` name :func:`linear` can fuse for module ``act`` (``"gelu"`` for exact GELU), else None."""
+    return "gelu" if isinstance(act, nn.GELU) and act.approximate == "none" else None
+
+
 def linear(x: Tensor, layer: nn.Linear, activation: Optional[str] = None) -> Tensor:
     """``layer(x)``, followed by exact (erf) GELU if ``activation == "gelu"``: ``…×in`` → ``…×out``."""
     return linear_weights(x, layer.weight, layer.bias, activation)

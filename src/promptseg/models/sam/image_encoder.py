@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from promptseg.layers import DecomposedBias, DropPath, LayerNorm2d, MLPBlock
+from promptseg.layers import DecomposedBias, DropPath, LayerNorm2d, MLPBlock, residual_add
 from promptseg.layers.attention import attention
 from promptseg.layers.linear import linear
 from promptseg.models.sam.config import ImageEncoderConfig
@@ -208,17 +208,8 @@ class Block(nn.Module):
         """``B×H×W×C`` → same. The residual stream keeps the dtype of ``x`` (float32 in the bf16 mode,
         so rounding does not accumulate over blocks); the branches run in the weights' dtype."""
         dtype = self.norm1.weight.dtype
-        x = _plus(x, self.drop_path(self._attention(self.norm1(x.to(dtype)))))
-        return _plus(x, self.drop_path(self.mlp(self.norm2(x.to(dtype)))))
-
-
-def _plus(x: Tensor, branch: Tensor) -> Tensor:
-    """``x + branch``; at inference the sum is written into ``branch`` (a fresh output of the block's
-    branch) when it has the dtype and shape of ``x``, saving a new buffer per residual."""
-    recording = torch.is_grad_enabled() and (x.requires_grad or branch.requires_grad)
-    if recording or branch.dtype != x.dtype or branch.shape != x.shape:
-        return x + branch
-    return branch.add_(x)
+        x = residual_add(x, self.drop_path(self._attention(self.norm1(x.to(dtype)))))
+        return residual_add(x, self.drop_path(self.mlp(self.norm2(x.to(dtype)))))
 
 
 class ImageEncoderViT(nn.Module):

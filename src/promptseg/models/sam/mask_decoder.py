@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from promptseg.layers import MLP, LayerNorm2d, MLPBlock
 from promptseg.layers.attention import attention, get_attention_backend
-from promptseg.layers.linear import linear_weights
+from promptseg.layers.linear import fused_activation, linear_weights
 
 
 class Attention(nn.Module):
@@ -409,8 +409,8 @@ class MaskDecoder(nn.Module):
         def subpixel_linear(x: Tensor, conv: nn.ConvTranspose2d, act: Optional[nn.Module] = None) -> Tensor:
             cin, cout = conv.weight.shape[:2]
             weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * cout, cin)  # rows ordered (i, j, cout)
-            fused = isinstance(act, nn.GELU) and act.approximate == "none"
-            y = linear_weights(x, weight, conv.bias.repeat(4), "gelu" if fused else None)
+            fused = fused_activation(act)
+            y = linear_weights(x, weight, conv.bias.repeat(4), fused)
             y = y if fused or act is None else act(y)
             return y.view(*x.shape[:-1], 4, cout)
 

@@ -101,6 +101,10 @@ def load_sam(
     float32) automatic mask generation runs ≈ 1.25× faster than float32 and keeps the reference's mask set
     (IoU ≥ 0.95 matches), where an all-bfloat16 model loses a few percent of them.
     """
+    parts = {"encoder_dtype": encoder_dtype, "transformer_dtype": transformer_dtype}
+    for name, value in {"dtype": dtype, **{k: v for k, v in parts.items() if v is not None}}.items():
+        if not (isinstance(value, torch.dtype) and value.is_floating_point):
+            raise TypeError(f"{name} must be a floating torch.dtype such as torch.bfloat16, got {value!r}")
     state, stored = read_state_dict(checkpoint)
     if config is None:
         config = SamConfig.from_dict(stored) if stored is not None else infer_sam_config(state)

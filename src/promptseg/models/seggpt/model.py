@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from promptseg.layers import DecomposedBias, DropPath, LayerNorm2d, MLPBlock
+from promptseg.layers import DecomposedBias, DropPath, LayerNorm2d, MLPBlock, residual_add
 from promptseg.layers.attention import attention
 from promptseg.layers.linear import linear
 from promptseg.models.sam.image_encoder import Attention, PatchEmbed, rel_pos_bias
@@ -199,13 +199,8 @@ class SegGptLayer(nn.Module):
         y = linear(self_attention(attn, linear(self.layernorm_before(x), attn.qkv), scratch), attn.proj)
         if ensemble_groups:
             y = average_query_half(y, ensemble_groups)
-        x = _residual(x, self.drop_path(y))
-        return _residual(x, self.drop_path(self.mlp(self.layernorm_after(x))))
-
-
-def _residual(x: Tensor, y: Tensor) -> Tensor:
-    """``x + y``, in place when no autograd graph is recorded."""
-    return x.add_(y) if _inference(x) and _inference(y) else x + y
+        x = residual_add(x, self.drop_path(y))
+        return residual_add(x, self.drop_path(self.mlp(self.layernorm_after(x))))
 
 
 class SegGptEncoder(nn.Module):
