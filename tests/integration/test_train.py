@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import json
 import os
 import subprocess
@@ -175,3 +176,15 @@ def test_trains_on_an_sa1b_folder(tmp_path):
     cfg = make_config(tmp_path / "run", dataset={"type": "sa1b", "root": [str(tmp_path / "sa1b")]}, max_steps=2)
     result = train(cfg)
     assert result.steps == 2 and result.model_path.is_file()
+
+
+def test_trains_on_synthetic_scenes_generated_in_loader_workers(tmp_path):
+    """The ``synth`` dataset type: scenes made on the fly in two DataLoader worker processes."""
+    from promptseg.data.synth import emoji_font_available
+
+    if not emoji_font_available():
+        pytest.skip("needs fonts-noto-color-emoji")
+    cfg = make_config(tmp_path, dataset={"type": "synth", "num_images": 4, "size": 64, "config": {"max_objects": 4}},
+                      batch_size=2, num_workers=2, masks_per_image=2, max_steps=2, checkpoint_every=100)
+    result = Trainer(cfg).train()
+    assert result.steps == 2 and all(math.isfinite(row["loss"]) for row in result.history)

@@ -178,3 +178,52 @@ def test_emoji_enumeration_and_parts():
             assert not (mask & ~parts[parent][0]).any()
     # whole / part / subpart: some emoji have parts inside parts (alarm clock, yin yang, …)
     assert any(parent >= 0 for cp in cps[:60] for _, parent in synth.emoji_sprite(cp, font)[1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The "synth" training dataset: the same scenes, generated on the fly
+
+
+@needs_font
+def test_on_the_fly_synth_dataset_equals_the_written_set_read_back(tmp_path):
+    """Item i of ``{"type": "synth", ...}`` is scene ``start + i`` exactly as ``data synth`` writes it and
+    the ``sa1b`` reader reads it (same JPEG bytes, same masks)."""
+    import pickle
+
+    from promptseg.train.datasets import build_dataset
+
+    options = {"num_images": 3, "seed": 4, "start": 20, "size": 96, "split": "train", "config": {"max_objects": 6}}
+    live = build_dataset("synth", options)
+    generate_dataset(tmp_path, 3, seed=4, start=20, config=SynthConfig(size=96, split="train", max_objects=6))
+    written = SA1BDataset(tmp_path)
+    assert len(live) == 3
+    for i in range(3):
+        got, ref = live[i], written[i]
+        assert np.array_equal(got["image"], ref["image"])
+        assert np.array_equal(got["masks"], np.asarray(ref["masks"]))
+    clone = pickle.loads(pickle.dumps(live))  # what a spawned DataLoader worker receives: no resources
+    assert clone._resources is None and np.array_equal(clone[1]["image"], live[1]["image"])
+
+
+def test_synth_dataset_options_are_checked_when_the_config_is_read():
+    from promptseg.train.datasets import build_dataset
+
+    with pytest.raises(ValueError, match="bogus"):
+        build_dataset("synth", {"num_images": 2, "config": {"bogus": 1}})
+    with pytest.raises(ValueError, match="size"):
+        build_dataset("synth", {"num_images": 2, "config": {"size": 64}})
+    with pytest.raises(ValueError, match="num_images"):
+        build_dataset("synth", {"num_images": 0})
+    with pytest.raises(ValueError, match="split"):
+        build_dataset("synth", {"num_images": 2, "split": "validation"})
+    with pytest.raises(ValueError, match="unexpected keyword|got an unexpected"):
+        build_dataset("synth", {"num_images": 2, "root": "x"})
+
+
+@needs_font
+def test_synth_dataset_index_out_of_range():
+    from promptseg.train.datasets import build_dataset
+
+    ds = build_dataset("synth", {"num_images": 1, "size": 64})
+    with pytest.raises(IndexError):
+        ds[1]

@@ -132,3 +132,20 @@ def test_window_heads_and_merge_backpropagate():
     # every cell inside the image gets gradient 1 once; padded cells get none
     assert set(x.grad.unique().tolist()) == {0.0, 1.0}
     assert x.grad.sum().item() == h * w * heads * d
+
+
+def test_rows_times_tokens_t_same_with_and_without_autograd():
+    """The decoder's ``rows · tokensᵀ``: per-mask linear kernels at CPU inference, one batched GEMM when
+    training (or off the CPU); both equal the plain matmul."""
+    from promptseg.models.sam.mask_decoder import _times_tokens_t
+
+    g = torch.Generator().manual_seed(0)
+    rows, tokens = torch.randn(1, 5, 16, generator=g), torch.randn(3, 40, 16, generator=g)
+    expected = rows @ tokens.transpose(-2, -1)
+    with torch.no_grad():
+        assert torch.allclose(_times_tokens_t(rows, tokens), expected, atol=1e-5)
+    tokens.requires_grad_()
+    got = _times_tokens_t(rows, tokens)
+    assert got.requires_grad and torch.allclose(got, expected, atol=1e-5)
+    got.sum().backward()
+    assert torch.allclose(tokens.grad, rows.sum(1, keepdim=True).expand(3, 40, 16), atol=1e-5)

@@ -854,7 +854,8 @@ def generate_scene(index: int, seed: int, config: Optional[SynthConfig] = None, 
 
 
 # ================================================================================================ writing
-def _encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    """The JPEG bytes :func:`write_scene` writes for ``image`` (H×W×3 uint8) at ``quality``."""
     import io as _io
 
     from PIL import Image
@@ -864,6 +865,16 @@ def _encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """JPEG bytes → H×W×3 uint8, decoded as :func:`promptseg.io.read_image` decodes the written file."""
+    import io as _io
+
+    from PIL import Image
+
+    with Image.open(_io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
 def write_scene(outdir: PathLike, index: int, scene: Scene, overlay: bool = False) -> Path:
     """Write ``sa_<index>.jpg`` and ``sa_<index>.json`` (SA-1B layout, plus ``name``/``parent``/``kind``)."""
     from promptseg.fileio import atomic_write
@@ -871,7 +882,7 @@ def write_scene(outdir: PathLike, index: int, scene: Scene, overlay: bool = Fals
 
     outdir = Path(outdir)
     stem = f"sa_{index}"
-    data = _encode_jpeg(scene.image, scene.jpeg_quality)
+    data = encode_jpeg(scene.image, scene.jpeg_quality)
     atomic_write(outdir / f"{stem}.jpg", lambda tmp: Path(tmp).write_bytes(data))
     ids = list(range(1, len(scene.masks) + 1))
     extra = [

@@ -9,6 +9,8 @@ A config names its dataset ``{"type": NAME, ...options}``; ``register_dataset(NA
 ``factory(**options)`` available. Built in:
 
 * ``"synthetic-shapes"`` — :class:`SyntheticShapes`, random ellipses and rectangles (tests, debugging);
+* ``"synth"`` — :class:`SynthScenes`, the scenes of :mod:`promptseg.data.synth` generated on the fly in
+  the loader's workers (no files: an unbounded, deterministic stream for GPU runs that outpace a disk set);
 * ``"sa1b"`` — :class:`promptseg.data.SA1BDataset` (``root``: one folder or a list, concatenated;
   also what ``promptseg.data.synth`` writes);
 * ``"coco"`` — :class:`promptseg.data.CocoInstancesDataset` (``images_dir``, ``annotations_json``);
@@ -20,7 +22,7 @@ The readers of :mod:`promptseg.data` are imported only when a dataset is built.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -110,6 +112,74 @@ class SyntheticShapes:
         return self.items[index]
 
 
+class SynthScenes:
+    """Scenes of :func:`promptseg.data.synth.generate_scene` made when asked for, never written.
+
+    Item ``i`` is scene ``start + i`` of the stream ``seed`` — the same scene ``promptseg data synth
+    --seed SEED --start START`` writes as ``sa_<start+i>`` — passed through the same JPEG encoding
+    (``jpeg=True``), so training on it equals training on the written set read back with the ``"sa1b"``
+    type. ``size`` and ``split`` are the generator's; ``config`` holds any other
+    :class:`~promptseg.data.synth.SynthConfig` field (unknown keys raise). The photos and the emoji font
+    are loaded once per process, on the first item (DataLoader workers each load their own).
+
+    Each item: ``{"image": H×W×3 uint8, "masks": K×H×W bool, "index": i}``.
+    """
+
+    def __init__(self, num_images: int, seed: int = 0, start: int = 0, size: int = 256, split: str = "train",
+                 jpeg: bool = True, config: Optional[Mapping[str, Any]] = None) -> None:
+        from promptseg.config_utils import check_unknown_keys
+        from promptseg.data.synth import SynthConfig
+
+        if int(num_images) < 1:
+            raise ValueError(f"synth: num_images must be ≥ 1, got {num_images}")
+        if int(start) < 0:
+            raise ValueError(f"synth: start must be ≥ 0, got {start}")
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config or {}).items()}  # JSON lists
+        check_unknown_keys(SynthConfig, options, "synth.config")
+        for key in ("size", "split"):
+            if key in options:
+                raise ValueError(f"synth: give {key!r} as the dataset's own option, not inside 'config'")
+        self.config = SynthConfig(size=int(size), split=split, **options)
+        self.config.validate()
+        self.num_images, self.seed, self.start, self.jpeg = int(num_images), int(seed), int(start), bool(jpeg)
+        self._resources: Any = None
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def __getstate__(self) -> Dict[str, Any]:  # workers load their own resources (spawn-safe, small pickle)
+        return {**self.__dict__, "_resources": None}
+
+    def __getitem__(self, index: int) -> dict:
+        from promptseg.data.synth import decode_jpeg, encode_jpeg, generate_scene, load_resources
+
+        if not 0 <= index < self.num_images:
+            raise IndexError(f"synth: index {index} out of range [0, {self.num_images})")
+        if self._resources is None:
+            self._resources = load_resources(self.config)
+            _one_thread_in_workers()
+        scene = generate_scene(self.start + index, self.seed, self.config, self._resources)
+        image = decode_jpeg(encode_jpeg(scene.image, scene.jpeg_quality)) if self.jpeg else scene.image
+        masks = scene.masks.reshape(-1, *image.shape[:2]).astype(bool, copy=False)
+        return {"image": image, "masks": masks, "index": index}
+
+
+def _one_thread_in_workers() -> None:
+    """In a DataLoader worker, keep OpenCV to one thread: the workers are the parallelism."""
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is not None:
+        import cv2
+
+        cv2.setNumThreads(1)
+
+
+def synth(num_images: int, seed: int = 0, start: int = 0, size: int = 256, split: str = "train", jpeg: bool = True,
+          config: Optional[Mapping[str, Any]] = None) -> SynthScenes:
+    """:class:`SynthScenes` (scenes generated on the fly; see there)."""
+    return SynthScenes(num_images, seed=seed, start=start, size=size, split=split, jpeg=jpeg, config=config)
+
+
 def _concat(parts: List[Any]) -> Any:
     if len(parts) == 1:
         return parts[0]
@@ -145,6 +215,7 @@ def folder(images_dir: str, masks_dir: str, min_area: int = 0) -> Any:
 
 
 register_dataset("synthetic-shapes", SyntheticShapes)
+register_dataset("synth", synth)
 register_dataset("sa1b", sa1b)
 register_dataset("coco", coco)
 register_dataset("folder", folder)

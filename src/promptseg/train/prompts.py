@@ -59,7 +59,8 @@ def round_schedule(num_rounds: int = 11, generator: Optional[torch.Generator] = 
         return [INITIAL, MASK_ONLY]
     num_points = num_rounds - 3
     middle = [POINT] * num_points
-    slot = int(torch.randint(max(num_points, 1), (1,), generator=generator).item())
+    device = generator.device if generator is not None else None  # a CUDA generator draws on its device
+    slot = int(torch.randint(max(num_points, 1), (1,), generator=generator, device=device).item())
     middle.insert(slot, MASK_ONLY)
     return [INITIAL] + middle + [MASK_ONLY]
 

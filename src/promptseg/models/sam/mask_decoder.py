@@ -150,6 +150,8 @@ def _times_tokens_t(rows: Tensor, tokens: Tensor) -> Tensor:
     """
     if tokens.shape[0] == 1:
         return linear_weights(rows, tokens[0], None)
+    if tokens.device.type != "cpu" or torch.is_grad_enabled():  # one batched GEMM off the CPU inference path
+        return rows @ tokens.transpose(-2, -1)
     return torch.stack([linear_weights(r, t, None) for r, t in zip(rows.expand(tokens.shape[0], -1, -1), tokens)])
 
 

@@ -1,0 +1,126 @@
+"""Where a training step's time goes, for a train config on this machine's device (CPU or GPU).
+
+    python benchmarks/bench_train_step.py configs/default_sam_gpu.json            # CUDA when available
+    python benchmarks/bench_train_step.py configs/tiny_debug.json --device cpu --workers 0
+
+Run it first in a GPU session, before a long training run: it prints (1) the data pipeline alone —
+per item in this process and per batch through a ``DataLoader`` with the config's workers, pinned and not;
+(2) the image encoder's forward + backward on one batch; (3) whole training steps (the §A simulated
+session with the config's rounds, then with fewer) on that same batch, with the peak device memory.
+The slowest of (1) and (3) bounds the steps per second of ``promptseg train``. There is no reference
+trainer to compare against (segment-anything ships none), so the numbers are absolute.
+
+The first GPU session that trained with promptseg found a step of 2.3 s for the default GPU config, of
+which 1 s was the image encoder's blocked CPU attention kernel and most of the rest a per-mask loop of
+the decoder, both CPU inference paths; after routing them off the CPU the step took ≈ 1.4 s (0.7
+steps/s) — still far from what an H200 can do for this model, so profile here before scaling a run up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from typing import Callable, List, Optional
+
+import torch
+
+
+def _clock(device: torch.device) -> Callable[[], float]:
+    def now() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return now
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from torch.utils.data import DataLoader
+
+    from promptseg.train.config import TrainConfig
+    from promptseg.train.datasets import build_dataset
+    from promptseg.train.trainer import SamTrainingModel, TrainSamples, build_model, collate_train, resolve_device
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="training config (.json)")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda … (default: the config's)")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the config's)")
+    parser.add_argument("--batches", type=int, default=8, help="batches timed through the DataLoader")
+    parser.add_argument("--steps", type=int, default=3, help="training steps timed per setting")
+    args = parser.parse_args(argv)
+
+    cfg = TrainConfig.from_json(args.config)
+    device = resolve_device(args.device or cfg.device)
+    workers = cfg.num_workers if args.workers is None else args.workers
+    now = _clock(device)
+    sam = build_model(cfg)
+    img_size = sam.image_encoder.img_size
+    samples = TrainSamples(build_dataset(cfg.dataset.type, cfg.dataset.options), img_size, cfg.masks_per_image,
+                           cfg.max_mask_area, cfg.seed, cfg.min_mask_area)
+    n = min(len(samples), 10_000)
+    t = now()
+    samples[(0, 0)]
+    print(f"data: first item {now() - t:.2f} s (loads the dataset's resources)")
+    t = now()
+    count = min(10, n - 1)
+    for i in range(1, count + 1):
+        samples[(0, i)]
+    print(f"data: {(now() - t) / max(count, 1) * 1e3:.1f} ms per item in this process")
+    keys = [(0, i % n) for i in range(cfg.batch_size * (args.batches + 2))]
+    batch = None
+    for pin in ((False, True) if device.type == "cuda" else (False,)):
+        loader = DataLoader(samples, batch_size=cfg.batch_size, sampler=keys, collate_fn=collate_train,
+                            num_workers=workers, pin_memory=pin)
+        it = iter(loader)
+        t = now()
+        batch = next(it)
+        t1 = now()
+        for _ in range(args.batches):
+            batch = next(it)
+        print(f"data: DataLoader ({workers} workers, pin_memory={pin}): first batch {t1 - t:.1f} s, "
+              f"then {(now() - t1) / args.batches:.3f} s per batch of {cfg.batch_size}")
+        del it, loader
+    assert batch is not None
+
+    sam.to(device)
+    model = SamTrainingModel(sam, cfg).to(device).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    on_device = {
+        "images": [im.to(device) for im in batch["images"]],
+        "targets": batch["targets"].to(device),
+        "image_valid": batch["image_valid"].to(device),
+        "image_indices": batch["image_indices"].to(device),
+    }
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.bf16 else contextlib.nullcontext
+    print(f"step: {len(on_device['targets'])} masks from {len(on_device['images'])} images, bf16={cfg.bf16}")
+    with autocast():
+        x = torch.stack([sam.preprocess(im) for im in on_device["images"]])
+    for i in range(args.steps + 1):
+        t = now()
+        with autocast():
+            emb = sam.image_encoder(x)
+        emb.float().square().mean().backward()
+        if i:
+            print(f"step: image encoder forward + backward {now() - t:.3f} s")
+    opt.zero_grad(set_to_none=True)
+    for rounds in sorted({cfg.rounds, max(1, cfg.rounds // 2)}, reverse=True):
+        model.rounds = rounds
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for i in range(args.steps + 1):  # the first is a warm-up
+            generator = torch.Generator(device=device).manual_seed(i)
+            t = now()
+            with autocast():
+                out = model(generator=generator, **on_device)
+            out["loss"].backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i:
+                mem = f", peak memory {torch.cuda.max_memory_allocated(device) / 1e9:.1f} GB" if device.type == "cuda" else ""
+                print(f"step: {rounds} rounds, whole step {now() - t:.3f} s{mem}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
