@@ -211,17 +211,10 @@ def _output_dir(path: str) -> Path:
 
 def _load_model(args: argparse.Namespace) -> Any:
     """The SAM of ``args.checkpoint`` (or the bundled one) with ``args.device`` and the ``--*dtype`` options."""
-    import torch
-
     from promptseg import hub
 
-    parts = {name: getattr(args, name, None) for name in ("encoder_dtype", "transformer_dtype")}
-    return hub.load_model(
-        args.checkpoint,
-        device=hub.usable_device(args.device),
-        dtype=getattr(torch, args.dtype),
-        **{name: getattr(torch, value) for name, value in parts.items() if value},
-    )
+    dtypes = hub.precisions(args.dtype, getattr(args, "encoder_dtype", None), getattr(args, "transformer_dtype", None))
+    return hub.load_model(args.checkpoint, device=hub.usable_device(args.device), **dtypes)
 
 
 def _check_inside(points: Sequence[Point], boxes: Sequence[Box], image: str, size: Tuple[int, int]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 
@@ -34,6 +34,22 @@ def usable_device(name: Union[str, torch.device], option: str = "--device") -> t
         reason = reason if len(reason) <= 120 else reason[:119] + "…"
         raise ValueError(f"{option} {name} cannot be used on this machine ({reason}); use e.g. {option} cpu") from None
     return device
+
+
+def precisions(dtype: str = "float32", encoder_dtype: Optional[str] = None,
+               transformer_dtype: Optional[str] = None) -> Dict[str, torch.dtype]:
+    """Precision names (``"bfloat16"``, …; what the CLI and serialisable configs carry) → the ``dtype``,
+    ``encoder_dtype`` and ``transformer_dtype`` keyword arguments of :func:`load_model` (unset parts
+    left out). An unknown name is a ``ValueError`` naming its option."""
+    out: Dict[str, torch.dtype] = {}
+    for option, name in (("dtype", dtype), ("encoder_dtype", encoder_dtype), ("transformer_dtype", transformer_dtype)):
+        if name is None:
+            continue
+        value = getattr(torch, str(name), None)
+        if not isinstance(value, torch.dtype) or not value.is_floating_point:
+            raise ValueError(f"{option}: unknown floating-point dtype {name!r} (e.g. float32, bfloat16, float16)")
+        out[option] = value
+    return out
 
 
 def load_model(

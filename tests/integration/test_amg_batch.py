@@ -168,7 +168,7 @@ def test_part_dtypes_are_part_of_the_fingerprint_only_when_set(checkpoint):
     model = fast().generator.predictor.model
     assert model.image_encoder.patch_embed.proj.weight.dtype == torch.bfloat16 and model.dtype == torch.float32
     assert model.mask_decoder.transformer.dtype == torch.bfloat16
-    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+    with pytest.raises(ValueError, match="encoder_dtype: unknown floating-point dtype 'float8'"):
         dataclasses.replace(plain, encoder_dtype="float8").check()
 
 

@@ -188,3 +188,24 @@ def test_trains_on_synthetic_scenes_generated_in_loader_workers(tmp_path):
                       batch_size=2, num_workers=2, masks_per_image=2, max_steps=2, checkpoint_every=100)
     result = Trainer(cfg).train()
     assert result.steps == 2 and all(math.isfinite(row["loss"]) for row in result.history)
+
+
+def test_time_limit_stops_with_a_checkpoint_and_resume_finishes_the_same_run(tmp_path, capsys):
+    from promptseg.train.cli import main
+
+    changes = {"max_steps": 4, "checkpoint_every": 100}
+    full = train(make_config(tmp_path / "full", **changes))
+    assert not full.time_limited
+
+    limited = tmp_path / "limited"
+    result = train(make_config(limited, **changes), time_limit=1e-9)  # out of time after the first step
+    assert result.time_limited and result.steps == 1
+    assert result.last_checkpoint == limited / "checkpoints" / "step_00000001.pt" and result.last_checkpoint.is_file()
+    assert (limited / "model.safetensors").is_file()
+
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(config_dict(limited, **changes)))
+    assert main([str(path), "--resume", "--time-limit", "60"]) == 0
+    assert "time limit reached" not in capsys.readouterr().out
+    assert read_metrics(limited) == read_metrics(tmp_path / "full")
+    assert main([str(path), "--time-limit", "0"]) == 2  # must be positive

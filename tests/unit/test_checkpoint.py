@@ -371,3 +371,15 @@ def test_usable_device_names_the_option_and_the_reason(name):
         usable_device(name)
     with pytest.raises(ValueError, match=rf"^device {name} cannot be used"):
         usable_device(name, "device")
+
+
+def test_precision_names_become_load_model_arguments():
+    from promptseg.hub import precisions
+
+    assert precisions() == {"dtype": torch.float32}
+    assert precisions("float32", "bfloat16") == {"dtype": torch.float32, "encoder_dtype": torch.bfloat16}
+    assert precisions("bfloat16", None, "float16") == {"dtype": torch.bfloat16, "transformer_dtype": torch.float16}
+    for args, option in ((("float8",), "dtype"), (("float32", "int8"), "encoder_dtype"),
+                         (("float32", None, "Tensor"), "transformer_dtype")):
+        with pytest.raises(ValueError, match=f"^{option}: unknown floating-point dtype"):
+            precisions(*args)

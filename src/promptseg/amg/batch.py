@@ -450,22 +450,19 @@ class GeneratorFactory:
             raise FileNotFoundError(f"checkpoint not found: {path}")
         return path
 
-    def _part_dtypes(self) -> Dict[str, str]:
-        """The part precisions that are set (``encoder_dtype``, ``transformer_dtype``)."""
-        parts = {"encoder_dtype": self.encoder_dtype, "transformer_dtype": self.transformer_dtype}
-        return {k: v for k, v in parts.items() if v}
+    def _dtypes(self) -> Dict[str, Any]:
+        """The :func:`promptseg.hub.load_model` precision arguments (a ``ValueError`` for unknown names)."""
+        from promptseg.hub import precisions
+
+        return precisions(self.dtype, self.encoder_dtype or None, self.transformer_dtype or None)
 
     def check(self) -> None:
         """Fail early, in the driver, on what would fail in every worker: no model, bad device, no generator."""
-        import torch
-
         from promptseg.hub import usable_device
 
         self._checkpoint_path()
         usable_device(self.device, "device")
-        for name in (self.dtype, self.encoder_dtype or self.dtype, self.transformer_dtype or self.dtype):
-            if not isinstance(getattr(torch, name, None), torch.dtype):
-                raise ValueError(f"unknown dtype {name!r}")
+        self._dtypes()
         self.resolved_options()
 
     def resolved_options(self) -> Dict[str, Any]:
@@ -491,7 +488,8 @@ class GeneratorFactory:
             "options": {k: options[k] for k in sorted(options)},
             "dtype": self.dtype,
             # only when set, so that jobs started before the option existed keep their fingerprint
-            **{k: v for k, v in self._part_dtypes().items() if v != self.dtype},
+            **{k: v for k, v in (("encoder_dtype", self.encoder_dtype), ("transformer_dtype", self.transformer_dtype))
+               if v and v != self.dtype},
         }
 
     def __call__(self) -> Any:
@@ -501,12 +499,7 @@ class GeneratorFactory:
 
         if self.threads:
             torch.set_num_threads(int(self.threads))
-        model = hub.load_model(
-            self.checkpoint,
-            device=torch.device(self.device),
-            dtype=getattr(torch, self.dtype),
-            **{k: getattr(torch, v) for k, v in self._part_dtypes().items()},
-        )
+        model = hub.load_model(self.checkpoint, device=torch.device(self.device), **self._dtypes())
         cls = _import_object(self.generator)
         return _NoGradGenerator(cls(model, **self.resolved_options(), output_mode="binary_mask"))
 

@@ -1,4 +1,4 @@
-"""``promptseg train CONFIG.json [--resume [CKPT]] [--out DIR] [--device DEV] [--max-steps N]``.
+"""``promptseg train CONFIG.json [--resume [CKPT]] [--out DIR] [--device DEV] [--max-steps N] [--time-limit MIN]``.
 
 :func:`register` adds the ``train`` command to the main CLI's subparsers; :func:`main` runs it on its
 own (``python -m promptseg.train.cli CONFIG.json``), which is also the entry point for ``torchrun``::
@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="output directory (overrides out_dir)")
     parser.add_argument("--device", metavar="DEV", help="torch device: auto, cpu, cuda, cuda:1 … (overrides device)")
     parser.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimiser steps (overrides max_steps)")
+    parser.add_argument(
+        "--time-limit", type=float, metavar="MIN",
+        help="stop cleanly after MIN minutes of training (checkpoint + model written; --resume continues)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -65,13 +69,17 @@ def run_training(config: Any, args: argparse.Namespace, train_fn: Any) -> int:
         config = config.replace(**changes)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    result = train_fn(config, resume=args.resume)
+    limit = getattr(args, "time_limit", None)
+    if limit is not None and not limit > 0:
+        raise ValueError(f"--time-limit must be a positive number of minutes, got {limit}")
+    result = train_fn(config, resume=args.resume, **({"time_limit": limit * 60.0} if limit is not None else {}))
     if result.model_path is not None:
         last = result.history[-1] if result.history else None
         summary = f"loss {last['loss']:.4f}, mIoU {last['miou']:.3f}, " if last else ""
+        stopped = "; time limit reached: continue with --resume" if getattr(result, "time_limited", False) else ""
         print(
             f"trained to step {result.steps} ({summary}{result.steps_per_second:.2f} steps/s); "
-            f"model: {result.model_path}"
+            f"model: {result.model_path}{stopped}"
         )
     return 0
 

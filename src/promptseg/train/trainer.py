@@ -384,6 +384,7 @@ class TrainResult:
     last_checkpoint: Optional[Path] = None
     seconds: float = 0.0
     steps_per_second: float = 0.0
+    time_limited: bool = False  # stopped by ``time_limit`` before ``max_steps`` (a checkpoint was written)
 
 
 def checkpoint_path(out_dir: PathLike, step: int) -> Path:
@@ -672,8 +673,12 @@ class Trainer:
         values = metrics.tolist()
         return {"step": float(self.step), "lr": float(lr), **dict(zip(self.metric_names, values))}
 
-    def train(self, max_steps: Optional[int] = None) -> TrainResult:
-        """Train until ``max_steps`` (default: the config's) optimiser steps; export the final model."""
+    def train(self, max_steps: Optional[int] = None, time_limit: Optional[float] = None) -> TrainResult:
+        """Train until ``max_steps`` (default: the config's) optimiser steps; export the final model.
+
+        ``time_limit`` (seconds of this call): once a step ends past it, write a checkpoint, export the
+        model trained so far and return with ``time_limited`` set — a job under a wall-clock limit (a
+        cluster's, a lease's) stops cleanly and ``--resume`` continues it exactly."""
         from tqdm.auto import tqdm
 
         cfg = self.config
@@ -697,6 +702,12 @@ class Trainer:
                     self._log(row)
                 if self.step % cfg.checkpoint_every == 0 or self.step == total:
                     last_saved = self._save()
+                if time_limit is not None and self.step < total and self._out_of_time(start, time_limit):
+                    if last_saved != checkpoint_path(self.out_dir, self.step):
+                        last_saved = self._save()
+                    result.time_limited = True
+                    logger.info("time limit of %.0f s reached at step %d: checkpoint written", time_limit, self.step)
+                    break
         finally:
             bar.close()
             if self._writer is not None:
@@ -713,6 +724,13 @@ class Trainer:
             dist.barrier()
         return result
 
+    def _out_of_time(self, start: float, limit: float) -> bool:
+        """Whether ``limit`` seconds have passed since ``start`` — rank 0's clock decides for every rank."""
+        over = torch.tensor(float(time.perf_counter() - start >= limit), device=self.device)
+        if self.dist.enabled:
+            dist.broadcast(over, src=0)
+        return bool(over.item())
+
     def close(self) -> None:
         if self.dist.created_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -720,12 +738,12 @@ class Trainer:
 
 def train(
     config: TrainConfig, resume: Union[None, bool, str, PathLike] = None, max_steps: Optional[int] = None,
-    trainer_class: type = Trainer,
+    trainer_class: type = Trainer, time_limit: Optional[float] = None,
 ) -> TrainResult:
     """Build a ``trainer_class`` (:class:`Trainer` or a subclass) for ``config`` and run it (see
-    :class:`Trainer` for ``resume``)."""
+    :class:`Trainer` for ``resume``, :meth:`Trainer.train` for ``time_limit`` in seconds)."""
     trainer = trainer_class(config, resume=resume)
     try:
-        return trainer.train(max_steps)
+        return trainer.train(max_steps, time_limit=time_limit)
     finally:
         trainer.close()

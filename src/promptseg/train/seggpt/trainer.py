@@ -188,7 +188,9 @@ class SegGptTrainer(Trainer):
 
 
 def train_seggpt(
-    config: SegGptTrainConfig, resume: Union[None, bool, str, PathLike] = None, max_steps: Optional[int] = None
+    config: SegGptTrainConfig, resume: Union[None, bool, str, PathLike] = None, max_steps: Optional[int] = None,
+    time_limit: Optional[float] = None,
 ) -> TrainResult:
-    """Build a :class:`SegGptTrainer` for ``config`` and run it (``resume`` as for :func:`promptseg.train.trainer.train`)."""
-    return train(config, resume, max_steps, trainer_class=SegGptTrainer)
+    """Build a :class:`SegGptTrainer` for ``config`` and run it (``resume`` and ``time_limit`` as for
+    :func:`promptseg.train.trainer.train`)."""
+    return train(config, resume, max_steps, trainer_class=SegGptTrainer, time_limit=time_limit)
