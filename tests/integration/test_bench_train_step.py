@@ -18,5 +18,5 @@ def test_bench_train_step_reports_data_encoder_and_step_times(capsys, monkeypatc
         assert exit_.code == 0
     out = capsys.readouterr().out
     for needle in ("per item in this process", "DataLoader (0 workers", "image encoder forward + backward",
-                   "11 rounds, whole step"):
+                   "11 rounds, whole step", "operator calls per step"):
         assert needle in out, out
