@@ -427,14 +427,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from promptseg import io
     from promptseg.amg import SamAutomaticMaskGenerator
     from promptseg.amg.outputs import render_masks_overlay, write_png
-    from promptseg.predictor import SamPredictor
 
     photos = io.sample_images()
     if not photos:
         raise FileNotFoundError("this promptseg installation has no sample photos in promptseg/assets")
     model = _load_model(args)
     out = _output_dir(args.output)
-    predictor = SamPredictor(model)
     # automatic masks (§B): a point grid, filtered by predicted IoU and stability, then NMS
     generator = SamAutomaticMaskGenerator(
         model,
@@ -442,6 +440,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_thresh,
     )
+    predictor = generator.predictor  # one encoding per photo serves the click, the box and the automatic masks
     lines: List[str] = []
     for photo in tqdm(photos, desc="segmenting sample photos", unit="photo", file=sys.stderr):
         image = io.read_image(photo)
@@ -461,7 +460,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         io.save_overlay_png(image, masks[0], path, boxes=box, scores=[float(scores[0])])
         lines.append(f"{path}  box around {prompts['box_target']}  score {scores[0]:.3f}")
 
-        records = generator.generate(image)
+        records = generator.generate(image, predictor=predictor)
         path = out / f"{photo.stem}_auto.png"
         write_png(render_masks_overlay(image, records), path)
         lines.append(f"{path}  automatic masks: {len(records)}")

@@ -302,3 +302,48 @@ def test_explicit_grids_grayscale_input_and_progress(localized, images, capsys):
     expected = gen.generate(np.repeat(gray[..., None], 3, axis=2))
     assert len(records) == len(expected)
     assert "batch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("crop_n_layers", [0, 1])
+@pytest.mark.parametrize("own", [True, False])
+def test_generate_on_an_image_already_set_encodes_it_once(localized, images, crop_n_layers, own):
+    """``generate(image, predictor=p)`` uses ``p``'s embedding for the whole-image crop: the same records,
+    one encoding fewer, and ``p`` still holds the image afterwards."""
+    from promptseg import SamPredictor
+
+    model, image = localized[1], images["landscape"]
+    options = dict(FILTERS, box_nms_thresh=0.8, crop_n_layers=crop_n_layers)
+    expected = SamAutomaticMaskGenerator(model, **options).generate(image)
+    generator = SamAutomaticMaskGenerator(model, **options)
+    predictor = generator.predictor if own else SamPredictor(model)
+    predictor.set_image(image)
+    calls = []
+    hook = model.image_encoder.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        got = generator.generate(image, predictor=predictor)
+    finally:
+        hook.remove()
+    assert len(calls) == (0 if crop_n_layers == 0 else 4)  # the 2×2 sub-crops of layer 1 only
+    assert predictor.is_image_set and predictor.original_size == image.shape[:2]
+    assert len(got) == len(expected) > 0
+    for a, b in zip(got, expected):
+        assert np.array_equal(a["segmentation"], b["segmentation"]) and a["predicted_iou"] == b["predicted_iou"]
+
+
+def test_generate_rejects_a_predictor_that_does_not_hold_the_image(localized, images, helpers):
+    from promptseg import SamPredictor
+
+    model = localized[1]
+    generator = SamAutomaticMaskGenerator(model, **FILTERS)
+    with pytest.raises(ValueError, match="exactly one image set"):
+        generator.generate(images["square"], predictor=SamPredictor(model))
+    other = SamPredictor(model)
+    other.set_image(images["portrait"])
+    with pytest.raises(ValueError, match="size"):
+        generator.generate(images["square"], predictor=other)
+    foreign = SamPredictor(helpers.make_pair(helpers.TINY_CONFIG)[1])
+    foreign.set_image(images["square"])
+    with pytest.raises(ValueError, match="this generator's model"):
+        generator.generate(images["square"], predictor=foreign)
+    with pytest.raises(TypeError, match="SamPredictor"):
+        generator.generate(images["square"], predictor=object())

@@ -352,21 +352,28 @@ class SamAutomaticMaskGenerator:
 
     # ------------------------------------------------------------------ generation
     @torch.inference_mode()
-    def generate(self, image: np.ndarray) -> List[Dict[str, Any]]:
+    def generate(self, image: np.ndarray, predictor: Optional[SamPredictor] = None) -> List[Dict[str, Any]]:
         """Masks of ``image`` (``H×W×3`` uint8 RGB; see :func:`~promptseg.transforms.to_rgb_uint8` for
         other inputs) as records: ``segmentation`` (``H×W`` bool, or an RLE dict), ``area`` (pixels),
         ``bbox`` (XYWH from the top-left corner, with ``W = x_max - x_min`` of the inclusive pixel box,
         as the reference), ``predicted_iou``, ``point_coords`` (``[[x, y]]``), ``stability_score``,
-        ``crop_box`` (XYWH)."""
+        ``crop_box`` (XYWH).
+
+        ``predictor`` (promptseg only): a predictor of the same model on which ``set_image(image)`` was
+        called — an interactive session's, or this generator's own :attr:`predictor` — whose embedding is
+        used for the whole-image crop instead of encoding the image again; it is left set. Its image must
+        be this one (checked: one image, of this size); sub-image crops are encoded as usual."""
         image = to_rgb_uint8(image)
         orig_size = image.shape[:2]
+        if predictor is not None:
+            self._check_predictor(predictor, orig_size)
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         bar = self._progress_bar(crop_boxes, layer_idxs)
         crops: List[_Crop] = []
         data = _MaskSet()
         try:
             for crop_box, layer in zip(crop_boxes, layer_idxs):
-                data.cat(self._process_crop(image, crop_box, layer, orig_size, crops, bar, data.nbytes))
+                data.cat(self._process_crop(image, crop_box, layer, orig_size, crops, bar, data.nbytes, predictor))
         finally:
             if bar is not None:
                 bar.close()
@@ -382,6 +389,26 @@ class SamAutomaticMaskGenerator:
             rank = (data.iou.double() + data.stability.double()) / 2  # §D.3
             data.filter(torch.sort(rank, descending=True, stable=True).indices[: self.max_masks])
         return self._records(data, crops, orig_size)
+
+    def _check_predictor(self, predictor: Any, orig_size: Tuple[int, int]) -> None:
+        if not isinstance(predictor, SamPredictor):
+            raise TypeError(f"predictor must be a promptseg SamPredictor, got {type(predictor).__name__}")
+        if predictor.model is not self.predictor.model:
+            raise ValueError("predictor must hold this generator's model")
+        if not predictor.is_image_set or len(predictor.original_sizes) != 1:
+            raise ValueError("predictor must have exactly one image set (call predictor.set_image(image) first)")
+        if tuple(predictor.original_sizes[0]) != tuple(orig_size):
+            raise ValueError(f"predictor holds an image of size {tuple(predictor.original_sizes[0])}, but the image "
+                             f"given is {tuple(orig_size)}: set the same image on it first")
+
+    def _crop_predictor(self, crop_box: List[int], orig_size: Tuple[int, int],
+                        given: Optional[SamPredictor]) -> Tuple[SamPredictor, bool]:
+        """The predictor for a crop and whether it is set here (then it is reset after the crop)."""
+        if given is not None and list(crop_box) == [0, 0, orig_size[1], orig_size[0]]:
+            return given, False
+        if given is self.predictor:  # keep the caller's session intact: encode sub-crops elsewhere
+            return SamPredictor(self.predictor.model), True
+        return self.predictor, True
 
     def _progress_bar(self, crop_boxes: List[List[int]], layer_idxs: List[int]) -> Any:
         if not self.progress:
@@ -400,12 +427,14 @@ class SamAutomaticMaskGenerator:
         crops: List[_Crop],
         bar: Any,
         held_bytes: int,
+        given: Optional[SamPredictor] = None,
     ) -> _MaskSet:
         x0, y0, x1, y1 = crop_box
         crop_image = image[y0:y1, x0:x1]
         crop_size = crop_image.shape[:2]
-        predictor = self.predictor
-        predictor.set_image(crop_image)
+        predictor, own = self._crop_predictor(crop_box, orig_size, given)
+        if own:
+            predictor.set_image(crop_image)
         model = predictor.model
         low_len = model.prompt_encoder.mask_input_size
         geometry = LowResGeometry.build(tuple(low_len), model.image_encoder.img_size, predictor.input_sizes[0], crop_size)
@@ -423,7 +452,8 @@ class SamAutomaticMaskGenerator:
             data.cat(self._process_batch(low, iou, points[start:stop], crop_index, crops, orig_size, held_bytes + data.nbytes))
             if bar is not None:
                 bar.update(1)
-        predictor.reset_image()
+        if own:
+            predictor.reset_image()
 
         # §B: duplicates within the crop, ranked by predicted IoU.
         keep = batched_nms(data.boxes.float(), data.iou, torch.zeros(len(data)), self.box_nms_thresh)
