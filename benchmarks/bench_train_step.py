@@ -16,7 +16,8 @@ the decoder, both CPU inference paths; after routing them off the CPU the step t
 steps/s) at 23 % GPU utilisation. The last line printed here explains most of that: one step of the
 11-round simulated session dispatches ≈ 80,000 ATen operator calls (views and autocast casts included),
 whatever the batch size, so at a few µs to ~10 µs of host time each the step is bound by dispatch, not by
-the GPU. More images and masks per step (memory allows ~2× on an H200: 36 GB at 262 masks), CUDA graphs or
+the GPU. More images and masks per step (36 GB at 262 masks on an H200; ``round_backward`` keeps one round's
+decoder activations instead of 11, which makes room for several times more), CUDA graphs or
 ``torch.compile`` are the levers; profile here before scaling a run up.
 """
 

@@ -209,3 +209,39 @@ def test_time_limit_stops_with_a_checkpoint_and_resume_finishes_the_same_run(tmp
     assert "time limit reached" not in capsys.readouterr().out
     assert read_metrics(limited) == read_metrics(tmp_path / "full")
     assert main([str(path), "--time-limit", "0"]) == 2  # must be positive
+
+
+def test_round_backward_gives_the_standard_gradients(tmp_path):
+    """Back-propagating each round at once (``round_backward``) changes memory, not the gradients."""
+    from promptseg.train.trainer import SamTrainingModel, TrainSamples, build_model, collate_train
+    from promptseg.train.datasets import build_dataset
+
+    cfg = make_config(tmp_path, dataset={"type": "synthetic-shapes", "num_images": 2}, batch_size=2,
+                      masks_per_image=3, rounds=5, drop_path=0.0)
+    samples = TrainSamples(build_dataset(cfg.dataset.type, cfg.dataset.options), 64, 3, 0.9, 0)
+    batch = collate_train([samples[(0, 0)], samples[(0, 1)]])
+    grads, losses = [], []
+    for scale in (None, 0.5):
+        torch.manual_seed(0)
+        sam = build_model(cfg)
+        model = SamTrainingModel(sam, cfg).train()
+        out = model(generator=torch.Generator().manual_seed(3), backward_scale=scale, **batch)
+        if scale is None:
+            (out["loss"] * 0.5).backward()
+        else:
+            assert not out["loss"].requires_grad
+        losses.append(out["loss"].item())
+        grads.append({n: p.grad.clone() for n, p in sam.named_parameters() if p.grad is not None})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert grads[0].keys() == grads[1].keys() and any(n.startswith("image_encoder.") for n in grads[0])
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-7), name
+
+
+def test_round_backward_run_and_its_checks(tmp_path):
+    run = train(make_config(tmp_path / "a", round_backward=True, max_steps=3, checkpoint_every=100))
+    ref = train(make_config(tmp_path / "b", max_steps=3, checkpoint_every=100))
+    for a, b in zip(run.history, ref.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+    with pytest.raises(ValueError, match="detach_mask_prompt"):
+        make_config(tmp_path / "c", round_backward=True, detach_mask_prompt=False)

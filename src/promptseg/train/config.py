@@ -227,6 +227,9 @@ class TrainConfig(LoopConfig):
     detach_mask_prompt: bool = True
     loss_resolution: str = "input"  # "input": logits upsampled to img_size²; "low_res": GT downsampled
     recompute_loss: bool = True  # recompute the full-size loss maps in backward (memory ↓, same numbers)
+    #: Back-propagate each round as soon as its loss is known (memory: one round's decoder activations
+    #: instead of all ``rounds``; same gradients up to float rounding). Needs ``detach_mask_prompt``; one process.
+    round_backward: bool = False
 
     # losses (§A "Losses")
     focal_weight: float = 20.0
@@ -247,6 +250,8 @@ class TrainConfig(LoopConfig):
         need(0.0 < self.max_mask_area <= 1.0, "max_mask_area must be in (0, 1]")
         need(0.0 <= self.min_mask_area < self.max_mask_area, "min_mask_area must be in [0, max_mask_area)")
         need(0.0 <= self.box_probability <= 1.0, "box_probability must be in [0, 1]")
+        need(self.detach_mask_prompt or not self.round_backward,
+             "round_backward needs detach_mask_prompt (a round's mask prompt must not carry gradients to the last)")
         super().__post_init__()
 
     @classmethod

@@ -226,8 +226,15 @@ class SamTrainingModel(nn.Module):
         image_valid: Tensor,
         image_indices: Tensor,
         generator: Optional[torch.Generator] = None,
+        backward_scale: Optional[float] = None,
     ) -> Dict[str, Tensor]:
         """Losses of one batch.
+
+        With ``backward_scale`` (the trainer's ``round_backward``) each round's loss, times
+        ``backward_scale``, is back-propagated as soon as it is computed, into a detached copy of the image
+        embedding whose gradient reaches the encoder once at the end: the same gradients (the rounds only
+        share the embedding, the mask prompts being detached), with one round's decoder activations alive
+        at a time instead of all of them. The returned losses are then detached.
 
         Args:
             images: ``I`` tensors ``3×h×w`` (0–255, resized to a longest side of ``img_size``).
@@ -246,7 +253,13 @@ class SamTrainingModel(nn.Module):
         b = targets.shape[0]
         if b == 0:  # no mask in the batch: a zero loss that still reaches every trainable parameter
             zero = sum((p.sum() for p in self.parameters() if p.requires_grad), embeddings.sum()) * 0.0
+            if backward_scale is not None:
+                self._backward(zero * backward_scale)
+                zero = zero.detach()
             return {"loss": zero, **{k: zero.detach() for k in METRIC_NAMES[1:]}}
+        encoder_out = embeddings
+        if backward_scale is not None:  # the rounds hang off a leaf; the encoder gets its gradient at the end
+            embeddings = embeddings.detach().requires_grad_(encoder_out.requires_grad)
 
         size = targets.shape[-2:]
         valid = image_valid[image_indices]
@@ -291,10 +304,20 @@ class SamTrainingModel(nn.Module):
                 full = F.interpolate(logits.detach()[:, None].float(), size, mode="bilinear", align_corners=False)[:, 0]
                 prediction = full > 0
                 totals["miou"] = totals["miou"] + iou_of(full, targets, valid).mean()
+            if backward_scale is not None:
+                self._backward(out.loss * (backward_scale / len(kinds)))
             for key in ("loss", "focal", "dice", "iou_mse"):
-                totals[key] = totals[key] + getattr(out, key)
+                value = getattr(out, key)
+                totals[key] = totals[key] + (value.detach() if backward_scale is not None else value)
 
+        if backward_scale is not None and encoder_out.requires_grad and embeddings.grad is not None:
+            self._backward(encoder_out, embeddings.grad)
         return {k: v / len(kinds) for k, v in totals.items()}
+
+    @staticmethod
+    def _backward(tensor: Tensor, grad: Optional[Tensor] = None) -> None:
+        with torch.autocast(tensor.device.type, enabled=False):  # backward outside autocast, as recommended
+            tensor.backward(grad)
 
 
 # ---------------------------------------------------------------------------------------- distributed
@@ -436,6 +459,9 @@ class Trainer:
         seed_everything(config.seed)  # same initial weights on every rank
         self.sam = build_model(config).to(self.device)
         self.module = SamTrainingModel(self.sam, config).to(self.device)
+        if config.round_backward and self.dist.enabled:
+            raise ValueError("round_backward back-propagates inside the forward pass, which DistributedDataParallel "
+                             "does not allow: use it in single-process runs")
         self._wrap_module(find_unused_parameters=config.rounds < 2)  # 1 round never uses the mask-prompt branch
         self.optimizer = build_optimizer(self.sam, config.lr, config.weight_decay, config.layer_decay, config.betas)
         self.scheduler = build_scheduler(self.optimizer, config.warmup, config.milestones, config.lr_gamma)
@@ -656,9 +682,11 @@ class Trainer:
             last = micro == cfg.grad_accum - 1
             sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()  # type: ignore[operator]
             with sync:
+                round_backward = {"backward_scale": 1.0 / cfg.grad_accum} if getattr(cfg, "round_backward", False) else {}
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                    out = self.model(generator=generator, **batch)
-                (out["loss"] / cfg.grad_accum).backward()
+                    out = self.model(generator=generator, **batch, **round_backward)
+                if not round_backward:
+                    (out["loss"] / cfg.grad_accum).backward()
             sums += torch.stack([out[k].detach().float() for k in self.metric_names])
         if cfg.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.trainable, cfg.clip_grad_norm)
