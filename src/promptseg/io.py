@@ -71,30 +71,42 @@ def read_image(path: PathLike) -> np.ndarray:
     dropped, 16-bit is scaled by 255/65535, see :func:`promptseg.transforms.to_rgb_uint8`). A missing file
     raises :class:`FileNotFoundError`, an unreadable one :class:`ValueError`; both name the file.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    from promptseg.transforms import to_rgb_uint8
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory, not an image file")
+    return _decode_image(path, str(path))
+
+
+def decode_image(data: bytes, name: str = "in memory") -> np.ndarray:
+    """Encoded image bytes (JPEG, PNG, …) → ``H×W×3`` RGB uint8, exactly as :func:`read_image` decodes
+    the same bytes from a file; errors name the image ``name``."""
+    import io as _io
+
+    return _decode_image(_io.BytesIO(data), name)
+
+
+def _decode_image(source: Any, name: str) -> np.ndarray:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from promptseg.transforms import to_rgb_uint8
+
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
             array = _pil_to_array(im)
     except UnidentifiedImageError as err:
-        raise ValueError(f"cannot read image {path}: not a recognised image format") from err
+        raise ValueError(f"cannot read image {name}: not a recognised image format") from err
     except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt files
         if isinstance(err, (FileNotFoundError, PermissionError)):
             raise
-        raise ValueError(f"cannot read image {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+        raise ValueError(f"cannot read image {name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
     try:
-        return to_rgb_uint8(array, name=f"image {path}")
+        return to_rgb_uint8(array, name=f"image {name}")
     except (TypeError, ValueError) as err:
-        raise ValueError(f"cannot use image {path}: {err}") from err
+        raise ValueError(f"cannot use image {name}: {err}") from err
 
 
 def _pil_to_array(im: Any) -> np.ndarray:

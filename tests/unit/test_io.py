@@ -241,3 +241,14 @@ def test_sample_prompts_default_to_the_centre():
     prompts = io.sample_prompts("other.png", (100, 200))
     assert prompts["point"] == (100.0, 50.0)
     assert prompts["box"] == (50.0, 25.0, 150.0, 75.0)
+
+
+def test_decode_image_equals_read_image_of_the_same_bytes(tmp_path):
+    from PIL import Image
+
+    rgba = (np.random.default_rng(0).random((9, 7, 4)) * 255).astype(np.uint8)
+    path = tmp_path / "x.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    assert np.array_equal(io.decode_image(path.read_bytes()), io.read_image(path))
+    with pytest.raises(ValueError, match="cannot read image upload.bin: not a recognised image format"):
+        io.decode_image(b"not an image", name="upload.bin")

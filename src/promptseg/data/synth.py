@@ -865,16 +865,6 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes → H×W×3 uint8, decoded as :func:`promptseg.io.read_image` decodes the written file."""
-    import io as _io
-
-    from PIL import Image
-
-    with Image.open(_io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB")).copy()
-
-
 def write_scene(outdir: PathLike, index: int, scene: Scene, overlay: bool = False) -> Path:
     """Write ``sa_<index>.jpg`` and ``sa_<index>.json`` (SA-1B layout, plus ``name``/``parent``/``kind``)."""
     from promptseg.fileio import atomic_write
@@ -907,13 +897,18 @@ def write_scene(outdir: PathLike, index: int, scene: Scene, overlay: bool = Fals
 _WORKER: Dict[str, Any] = {}
 
 
-def _worker_init(config: SynthConfig, resources: Resources) -> None:
+def one_opencv_thread() -> None:
+    """Keep OpenCV to one thread in a generator process: the processes are the parallelism."""
     try:
         import cv2
 
         cv2.setNumThreads(1)
     except ImportError:  # pragma: no cover
         pass
+
+
+def _worker_init(config: SynthConfig, resources: Resources) -> None:
+    one_opencv_thread()
     _WORKER["config"], _WORKER["resources"] = config, resources
 
 

@@ -69,10 +69,10 @@ def run_training(config: Any, args: argparse.Namespace, train_fn: Any) -> int:
         config = config.replace(**changes)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    limit = getattr(args, "time_limit", None)
+    limit = args.time_limit
     if limit is not None and not limit > 0:
         raise ValueError(f"--time-limit must be a positive number of minutes, got {limit}")
-    result = train_fn(config, resume=args.resume, **({"time_limit": limit * 60.0} if limit is not None else {}))
+    result = train_fn(config, resume=args.resume, time_limit=None if limit is None else limit * 60.0)
     if result.model_path is not None:
         last = result.history[-1] if result.history else None
         summary = f"loss {last['loss']:.4f}, mIoU {last['miou']:.3f}, " if last else ""

@@ -151,33 +151,21 @@ class SynthScenes:
         return {**self.__dict__, "_resources": None}
 
     def __getitem__(self, index: int) -> dict:
-        from promptseg.data.synth import decode_jpeg, encode_jpeg, generate_scene, load_resources
+        from promptseg.data.synth import encode_jpeg, generate_scene, load_resources, one_opencv_thread
+        from promptseg.io import decode_image
 
         if not 0 <= index < self.num_images:
             raise IndexError(f"synth: index {index} out of range [0, {self.num_images})")
         if self._resources is None:
             self._resources = load_resources(self.config)
-            _one_thread_in_workers()
+            from torch.utils.data import get_worker_info
+
+            if get_worker_info() is not None:  # a DataLoader worker
+                one_opencv_thread()
         scene = generate_scene(self.start + index, self.seed, self.config, self._resources)
-        image = decode_jpeg(encode_jpeg(scene.image, scene.jpeg_quality)) if self.jpeg else scene.image
+        image = decode_image(encode_jpeg(scene.image, scene.jpeg_quality)) if self.jpeg else scene.image
         masks = scene.masks.reshape(-1, *image.shape[:2]).astype(bool, copy=False)
         return {"image": image, "masks": masks, "index": index}
-
-
-def _one_thread_in_workers() -> None:
-    """In a DataLoader worker, keep OpenCV to one thread: the workers are the parallelism."""
-    from torch.utils.data import get_worker_info
-
-    if get_worker_info() is not None:
-        import cv2
-
-        cv2.setNumThreads(1)
-
-
-def synth(num_images: int, seed: int = 0, start: int = 0, size: int = 256, split: str = "train", jpeg: bool = True,
-          config: Optional[Mapping[str, Any]] = None) -> SynthScenes:
-    """:class:`SynthScenes` (scenes generated on the fly; see there)."""
-    return SynthScenes(num_images, seed=seed, start=start, size=size, split=split, jpeg=jpeg, config=config)
 
 
 def _concat(parts: List[Any]) -> Any:
@@ -215,7 +203,7 @@ def folder(images_dir: str, masks_dir: str, min_area: int = 0) -> Any:
 
 
 register_dataset("synthetic-shapes", SyntheticShapes)
-register_dataset("synth", synth)
+register_dataset("synth", SynthScenes)
 register_dataset("sa1b", sa1b)
 register_dataset("coco", coco)
 register_dataset("folder", folder)

@@ -675,6 +675,7 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums = torch.zeros(len(self.metric_names), device=self.device)
+        round_backward = {"backward_scale": 1.0 / cfg.grad_accum} if getattr(cfg, "round_backward", False) else {}
         for micro in range(cfg.grad_accum):
             batch = self._to_device(next(batches))
             generator = torch.Generator(device=self.device)
@@ -682,7 +683,6 @@ class Trainer:
             last = micro == cfg.grad_accum - 1
             sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()  # type: ignore[operator]
             with sync:
-                round_backward = {"backward_scale": 1.0 / cfg.grad_accum} if getattr(cfg, "round_backward", False) else {}
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                     out = self.model(generator=generator, **batch, **round_backward)
                 if not round_backward:
@@ -754,10 +754,12 @@ class Trainer:
 
     def _out_of_time(self, start: float, limit: float) -> bool:
         """Whether ``limit`` seconds have passed since ``start`` — rank 0's clock decides for every rank."""
-        over = torch.tensor(float(time.perf_counter() - start >= limit), device=self.device)
-        if self.dist.enabled:
-            dist.broadcast(over, src=0)
-        return bool(over.item())
+        over = time.perf_counter() - start >= limit
+        if not self.dist.enabled:
+            return over
+        flag = torch.tensor(float(over), device=self.device)
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())
 
     def close(self) -> None:
         if self.dist.created_group and dist.is_initialized():
