@@ -23,7 +23,7 @@ from torch import Tensor
 from promptseg.models.sam.mask_decoder import ImageKeys
 from promptseg.models.sam.sam import Sam
 from promptseg.prompts import check_boxes, check_points
-from promptseg.transforms import ResizeLongestSide, get_preprocess_shape, mask_to_logits, to_rgb_uint8
+from promptseg.transforms import ResizeLongestSide, get_preprocess_shape, mask_to_logits, threshold_masks, to_rgb_uint8
 
 Size = Tuple[int, int]
 NumpyResult = Tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -280,7 +280,7 @@ class SamPredictor:
         low_res, iou = low_res.float(), iou.float()
         masks = model.postprocess_masks(low_res, self.input_sizes[image_index], self.original_sizes[image_index])
         if not return_logits:
-            masks = masks > model.mask_threshold
+            masks = threshold_masks(masks, model.mask_threshold)
         return masks, iou, low_res
 
     def _image_pe(self) -> Tensor:

@@ -149,3 +149,28 @@ def test_rows_times_tokens_t_same_with_and_without_autograd():
     assert got.requires_grad and torch.allclose(got, expected, atol=1e-5)
     got.sum().backward()
     assert torch.allclose(tokens.grad, rows.sum(1, keepdim=True).expand(3, 40, 16), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_subpixels_to_image_moves_the_same_bits_as_the_permute(dtype):
+    """The decoder's sub-pixel → image reordering: pairs moved as wider integers outside autograd."""
+    from promptseg.models.sam.mask_decoder import _subpixels_to_image
+
+    b, k, h, w = 2, 3, 5, 7
+    masks = torch.randn(b, k, h, w, 2, 2, 2, 2, generator=torch.Generator().manual_seed(1)).to(dtype)
+    expected = masks.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(b, k, 4 * h, 4 * w)
+    with torch.no_grad():
+        got = _subpixels_to_image(masks)
+    assert got.dtype == dtype and got.is_contiguous()
+    assert torch.equal(got, expected)
+    # image pixel (4y + 2·i1 + i2, 4x + 2·j1 + j2) is cell (y, x), sub-pixels (i1, j1), (i2, j2)
+    assert got[1, 2, 4 * 3 + 2 + 1, 4 * 6 + 0 + 1] == masks[1, 2, 3, 6, 1, 0, 1, 1]
+
+
+def test_subpixels_to_image_backpropagates():
+    from promptseg.models.sam.mask_decoder import _subpixels_to_image
+
+    masks = torch.randn(1, 2, 3, 4, 2, 2, 2, 2, requires_grad=True)
+    weight = torch.randn(1, 2, 12, 16)
+    (_subpixels_to_image(masks) * weight).sum().backward()
+    assert torch.equal(masks.grad, weight.view(1, 2, 3, 2, 2, 4, 2, 2).permute(0, 1, 2, 5, 3, 6, 4, 7))

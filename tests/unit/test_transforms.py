@@ -12,6 +12,7 @@ from promptseg.transforms import (
     get_preprocess_shape,
     mask_to_logits,
     postprocess_masks,
+    threshold_masks,
     to_rgb_uint8,
 )
 
@@ -172,3 +173,22 @@ def test_upsample_bilinear_rejects_bad_factor(factor):
 
     with pytest.raises(ValueError, match="factor"):
         upsample_bilinear(torch.zeros(1, 1, 2, 2), factor)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_threshold_masks_equals_the_comparison(dtype):
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 3, 40, 50, generator=gen) * 3).to(dtype)
+    logits[0, 0, 0, :4] = torch.tensor([0.0, -0.0, 0.5, float("nan")], dtype=dtype)
+    view = logits[..., 1:, ::2]  # a non-contiguous crop, as postprocess_masks returns
+    for x in (logits, view):
+        for t in (0.0, 0.5, -1.0, 0.1):
+            out = threshold_masks(x, t)
+            assert out.dtype == torch.bool and out.shape == x.shape
+            assert torch.equal(out, x > t)
+    assert threshold_masks(logits)[0, 0, 0, :4].tolist() == [False, False, True, False]
+
+
+def test_threshold_masks_keeps_autograd_inputs_on_the_torch_path():
+    x = torch.randn(4, 5, requires_grad=True)
+    assert torch.equal(threshold_masks(x, 0.1), x.detach() > 0.1)

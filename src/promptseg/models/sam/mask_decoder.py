@@ -138,7 +138,9 @@ class Attention(nn.Module):
         weights = scores.softmax(dim=2).reshape(b, h * nk, nq)
         wo = self.out_proj.weight.view(self.embedding_dim, h, -1)
         values = torch.einsum("bhkd,chd->bhkc", vh, wo).reshape(b, h * nk, -1)
-        return weights.transpose(1, 2) @ values + self.out_proj.bias
+        # bias fused into the product: ``weightsᵀ @ values + bias`` copied the transposed weights and the
+        # product's output once more (≈ 0.4 ms per layer for 4096 image tokens in bfloat16)
+        return torch.baddbmm(self.out_proj.bias, weights.transpose(1, 2), values)
 
 
 def _times_tokens_t(rows: Tensor, tokens: Tensor) -> Tensor:
@@ -153,6 +155,23 @@ def _times_tokens_t(rows: Tensor, tokens: Tensor) -> Tensor:
     if tokens.device.type != "cpu" or torch.is_grad_enabled():  # one batched GEMM off the CPU inference path
         return rows @ tokens.transpose(-2, -1)
     return torch.stack([linear_weights(r, t, None) for r, t in zip(rows.expand(tokens.shape[0], -1, -1), tokens)])
+
+
+def _subpixels_to_image(masks: Tensor) -> Tensor:
+    """``B×K×h×w×2×2×2×2`` (embedding cell, sub-pixel (i1, j1), sub-pixel (i2, j2)) → ``B×K×4h×4w``.
+
+    Outside autograd the two horizontal neighbours ``j2 = 0, 1``, which stay side by side, move as one
+    element of twice the width (int32 for 16-bit floats, int64 for float32): PyTorch's strided CPU copy
+    is far slower per element for 2-byte types, and this halves the element count (3 masks of 256² in
+    bfloat16: 1.1 → 0.1 ms on one thread; float32: 1.8 → 0.3 ms). The same bits are moved either way.
+    """
+    b, k, h, w = masks.shape[:4]
+    order = (0, 1, 2, 4, 6, 3, 5, 7)  # b, k, h, i1, i2, w, j1, j2
+    wide = {2: torch.int32, 4: torch.int64}.get(masks.element_size())
+    if wide is None or (torch.is_grad_enabled() and masks.requires_grad):
+        return masks.permute(order).reshape(b, k, 4 * h, 4 * w)
+    pairs = masks.contiguous().view(wide).permute(order).contiguous()
+    return pairs.view(masks.dtype).view(b, k, 4 * h, 4 * w)
 
 
 class ImageKeys(NamedTuple):
@@ -200,7 +219,9 @@ class TwoWayAttentionBlock(nn.Module):
             keys_pe,
             t2i.heads(t2i.k_proj(keys_pe)),
             t2i.heads(t2i.v_proj(keys)),
-            i2t.heads(i2t.q_proj(keys_pe)),
+            # stored head-dim-major (a ``1×H×N×d`` view of ``1×H×d×N`` memory): the fast path's scores
+            # ``k · qᵀ`` then read it contiguously instead of copying the transpose on every prompt
+            i2t.heads(i2t.q_proj(keys_pe)).transpose(-2, -1).contiguous().transpose(-2, -1),
         )
 
     def forward(
@@ -419,10 +440,8 @@ class MaskDecoder(nn.Module):
         x = subpixel_linear(src.expand(b, -1, -1), conv1)  # B×hw×4×C/4
         x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
         x = subpixel_linear(x, conv2, act2)  # B×hw×4×4×C/8 — sub-pixel (i1, j1), then (i2, j2)
-        masks = x.reshape(b, -1, x.shape[-1]) @ hyper_in.transpose(1, 2)  # B×(hw·16)×K
-        k = masks.shape[-1]
-        masks = masks.view(b, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
-        return masks.reshape(b, k, 4 * h, 4 * w)
+        masks = _times_tokens_t(hyper_in, x.reshape(b, -1, x.shape[-1]))  # B×K×(hw·16)
+        return _subpixels_to_image(masks.view(b, -1, h, w, 2, 2, 2, 2))
 
     @staticmethod
     def _per_prompt(image_embeddings: Tensor, b: int, image_indices: Optional[Tensor]) -> Tensor:

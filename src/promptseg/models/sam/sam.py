@@ -72,7 +72,7 @@ class Sam(nn.Module):
             )
             masks = self.postprocess_masks(low_res, record["image"].shape[-2:], record["original_size"])
             outputs.append(
-                {"masks": masks > self.mask_threshold, "iou_predictions": iou, "low_res_logits": low_res}
+                {"masks": transforms.threshold_masks(masks, self.mask_threshold), "iou_predictions": iou, "low_res_logits": low_res}
             )
         return outputs
 
