@@ -71,9 +71,8 @@ class Sam(nn.Module):
                 embedding.unsqueeze(0), self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output
             )
             masks = self.postprocess_masks(low_res, record["image"].shape[-2:], record["original_size"])
-            outputs.append(
-                {"masks": transforms.threshold_masks(masks, self.mask_threshold), "iou_predictions": iou, "low_res_logits": low_res}
-            )
+            binary = transforms.threshold_masks(masks, self.mask_threshold)
+            outputs.append({"masks": binary, "iou_predictions": iou, "low_res_logits": low_res})
         return outputs
 
     def postprocess_masks(
