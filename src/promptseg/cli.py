@@ -3,7 +3,7 @@
 Commands::
 
     promptseg segment IMAGE --point X,Y[,LABEL] ... --box X0,Y0,X1,Y1 ... -o OUT [--checkpoint CKPT]
-    promptseg convert SRC.pth DST.safetensors [--model-type vit_b|vit_l|vit_h]
+    promptseg convert SRC.pth DST.safetensors [--model-type vit_b|vit_l|vit_h] [--patch-size N]
     promptseg info CKPT [--json]
     promptseg demo [-o OUTDIR] [--checkpoint CKPT]
 
@@ -165,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="SRC", help="official SAM checkpoint (.pth)")
     p.add_argument("dst", metavar="DST", help="output file (.safetensors)")
     p.add_argument("--model-type", choices=MODEL_TYPES, help="official architecture (default: inferred from the weights)")
+    p.add_argument(
+        "--patch-size", type=number_type(int, 1), metavar="N",
+        help="resize the image encoder to N-px patches (N divides the current patch size; a fine-tuning start "
+        "with N²-times finer token grid, see docs/default_model.md)",
+    )
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser(
@@ -393,7 +398,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if dst.exists() and dst.resolve() == src.resolve():
         raise ValueError(f"DST {dst} is the source file; choose another path")
     try:
-        config = convert_checkpoint(src, dst, config=args.model_type)
+        config = convert_checkpoint(src, dst, config=args.model_type, patch_size=args.patch_size)
     except CheckpointError as err:
         if args.model_type is None:
             raise
@@ -401,7 +406,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
             f"{src} is not a SAM {args.model_type} checkpoint (omit --model-type to infer the architecture): {err}"
         ) from err
     print(f"converted {src} -> {dst} ({_human_bytes(dst.stat().st_size)})")
-    source = f"--model-type {args.model_type}" if args.model_type else "inferred from the weights; decoder heads assumed 8"
+    if args.model_type:
+        source = f"--model-type {args.model_type}"
+    elif src.suffix == ".safetensors":  # metadata only
+        source = f"{_read_checkpoint_summary(src)[1]} {src.name}"
+    else:
+        source = "inferred from the weights; decoder heads assumed 8"
+    if args.patch_size is not None:
+        source += f", resized to {args.patch_size}-px patches"
     for line in describe_config(config, source):
         print(line)
     return 0

@@ -168,6 +168,50 @@ def test_convert_errors(files, capsys, tmp_path):
     assert code == 2 and "missing.pth" in err
 
 
+def test_convert_to_a_finer_patch_size(files, capsys, tmp_path):
+    dst = tmp_path / "p8.safetensors"
+    code, stdout, err = run(capsys, "convert", files["ckpt"], dst, "--patch-size", "8")
+    assert code == 0, err
+    assert "config embedded in the file tiny.safetensors, resized to 8-px patches" in stdout
+    assert "input 64×64, patch 8" in stdout
+    assert load_sam(dst).config.image_encoder.patch_size == 8
+    for bad in ("3", "0", "x"):
+        code, _, err = run(capsys, "convert", files["ckpt"], tmp_path / f"bad{bad}.safetensors", "--patch-size", bad)
+        assert code == 2 and "patch" in err and "Traceback" not in err
+        assert not (tmp_path / f"bad{bad}.safetensors").exists()
+
+
+# --------------------------------------------------------------------------------------------- eval
+def test_eval_on_an_sa1b_folder_writes_a_report(files, capsys, tmp_path):
+    """The committed eval command of the model card, on two tiny SA-1B-layout images."""
+    from promptseg.data.sa1b import write_sa1b_json
+
+    root = tmp_path / "data"
+    root.mkdir()
+    yy, xx = np.mgrid[:64, :80]
+    for i in range(2):
+        disk = (yy - 30) ** 2 + (xx - 25 - 20 * i) ** 2 < 15**2
+        square = (yy > 5) & (yy < 20) & (xx > 55) & (xx < 75)
+        image = np.full((64, 80, 3), 40, np.uint8)
+        image[disk], image[square] = (220, 60, 30), (30, 200, 90)
+        Image.fromarray(image).save(root / f"sa_{i}.jpg", quality=95)
+        write_sa1b_json(root / f"sa_{i}.json", i, f"sa_{i}.jpg", [disk, square, np.zeros_like(disk)])
+    report = tmp_path / "report.json"
+    code, stdout, err = run(capsys, "eval", root, "--checkpoint", files["ckpt"], "--max-clicks", "3",
+                            "--min-area-fraction", "0.01", "-o", report)
+    assert code == 0, err
+    assert "masks evaluated: 4" in stdout  # the empty masks are below the area floor
+    for label in ("1-point mIoU (top-1)", "box mIoU", "filled-box baseline", "GrabCut baseline", "NoC@85"):
+        assert label in stdout
+    doc = json.loads(report.read_text())
+    assert doc["summary"]["masks"] == 4 and len(doc["records"]) == 4
+    rec = doc["records"][1]  # the square: its filled box is itself
+    assert rec["box_fill"] == 1.0 and len(rec["clicks_iou"]) == 3
+    assert 0.7 < doc["records"][0]["box_fill"] < 0.85  # a disk fills π/4 of its box
+    code, _, err = run(capsys, "eval", tmp_path / "missing", "--checkpoint", files["ckpt"])
+    assert code == 2 and "missing" in err and "Traceback" not in err
+
+
 # --------------------------------------------------------------------------------------------- demo
 def test_demo_writes_overlays(files, capsys, tmp_path):
     out = tmp_path / "demo"

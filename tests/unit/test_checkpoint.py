@@ -16,7 +16,7 @@ from promptseg import CheckpointError, build_sam, load_model, load_sam, save_sam
 from promptseg.checkpoint import CONFIG_KEY, load_state_dict_strict, read_state_dict
 from promptseg.hub import NoDefaultModelError
 from promptseg.models.sam.config import SAM_PRESETS, SamConfig
-from promptseg.models.sam.weights import convert_checkpoint, infer_sam_config
+from promptseg.models.sam.weights import convert_checkpoint, infer_sam_config, with_patch_size
 
 MARKER = "promptseg_pwned_marker.txt"
 
@@ -268,6 +268,89 @@ def test_convert_checkpoint(tmp_path, tiny_pair):
     model = load_sam(dst)  # the config comes from the file
     assert model.config == ours.config
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ours.state_dict().items())
+
+
+# ---------------------------------------------------------------------------------------------------
+# with_patch_size: a finer token grid from a trained model
+
+
+def _encoder_config(**kw):
+    from promptseg.models.sam.config import ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig
+
+    enc = dict(img_size=64, patch_size=16, embed_dim=32, depth=3, num_heads=2, window_size=2, global_attn_indexes=(1,), out_chans=32)
+    enc.update(kw)
+    return SamConfig(
+        image_encoder=ImageEncoderConfig(**enc),
+        prompt_encoder=PromptEncoderConfig(embed_dim=32, mask_in_chans=16),
+        mask_decoder=MaskDecoderConfig(transformer_dim=32, num_heads=2, mlp_dim=64, iou_head_hidden_dim=32),
+    )
+
+
+@pytest.mark.parametrize("patch_size", [8, 4])
+def test_with_patch_size_equals_the_original_on_a_nearest_upsampled_image(patch_size):
+    """Exact algebra: the resized encoder on an image == the original weights, at ``f``× the input size
+    with the same resized position table, on that image upsampled ``f``× by nearest neighbour (global
+    blocks resize their relative tables at run time exactly as ``with_patch_size`` stores them)."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = build_sam(_encoder_config()).eval()
+    with torch.no_grad():  # non-trivial position tables
+        for name, p in model.image_encoder.named_parameters():
+            if "pos" in name:
+                p.normal_()
+    factor = 16 // patch_size
+    resized = with_patch_size(model, patch_size).eval()
+    assert resized.config.image_encoder.patch_size == patch_size and resized.config.image_encoder.img_size == 64
+    assert resized.prompt_encoder.image_embedding_size == (64 // patch_size,) * 2
+    big_cfg = dataclasses.replace(model.config.image_encoder, img_size=64 * factor)
+    big = build_sam(dataclasses.replace(model.config, image_encoder=big_cfg)).eval()
+    state = dict(model.state_dict())
+    state["image_encoder.pos_embed"] = resized.image_encoder.pos_embed.detach()
+    for key in [k for k in state if ".rel_pos_" in k and state[k].shape != big.state_dict()[k].shape]:
+        state[key] = resized.state_dict()[key]  # the run-time resize of the original, stored
+    big.load_state_dict(state)
+    x = torch.randn(2, 3, 64, 64)
+    up = x.repeat_interleave(factor, 2).repeat_interleave(factor, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(resized.image_encoder(x), big.image_encoder(up), rtol=1e-4, atol=1e-4)
+    # the run-time resize that the stored tables reproduce
+    from promptseg.models.sam.image_encoder import get_rel_pos
+
+    grid = 64 // patch_size
+    original = model.image_encoder.blocks[1].attn.rel_pos_h
+    torch.testing.assert_close(get_rel_pos(grid, grid, original), get_rel_pos(grid, grid, resized.image_encoder.blocks[1].attn.rel_pos_h))
+    # the resolution-free parts are copied as they are
+    for key, value in model.state_dict().items():
+        if not key.startswith("image_encoder."):
+            assert torch.equal(resized.state_dict()[key], value), key
+        elif value.shape == resized.state_dict()[key].shape:
+            assert torch.equal(resized.state_dict()[key], value), key
+
+
+def test_with_patch_size_rejects_bad_sizes_and_models():
+    model = build_sam(_encoder_config())
+    for bad in (3, 0, -8, 32, 8.0, True):
+        with pytest.raises(ValueError, match="patch_size"):
+            with_patch_size(model, bad)
+    model.config = None
+    with pytest.raises(ValueError, match="config"):
+        with_patch_size(model, 8)
+
+
+def test_convert_checkpoint_with_patch_size(tmp_path):
+    torch.manual_seed(1)
+    model = build_sam(_encoder_config())
+    save_sam(model, tmp_path / "p16.safetensors")
+    config = convert_checkpoint(tmp_path / "p16.safetensors", tmp_path / "p8.safetensors", patch_size=8)
+    assert config.image_encoder.patch_size == 8
+    loaded = load_sam(tmp_path / "p8.safetensors")
+    expected = with_patch_size(model, 8).state_dict()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in expected.items())
+    predictor = promptseg.SamPredictor(loaded)  # the finer grid end to end: 4× finer low-res masks
+    predictor.set_image(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    masks, scores, low = predictor.predict(np.array([[20.0, 30.0]]), np.array([1]))
+    assert masks.shape == (3, 48, 64) and scores.shape == (3,) and low.shape == (3, 32, 32)
 
 
 def test_save_sam_requires_a_config(tiny_pair, tmp_path):

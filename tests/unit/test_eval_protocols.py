@@ -5,7 +5,7 @@ import pytest
 
 from promptseg.eval import EvalConfig, center_point, evaluate, evaluate_mask, mask_iou, next_click, summarize
 from promptseg.eval.grabcut import grabcut_from_box
-from promptseg.eval.protocols import mask_box
+from promptseg.eval.protocols import box_fill, mask_box
 
 
 def rect(h=40, w=60, y0=10, y1=30, x0=20, x1=50):
@@ -52,6 +52,16 @@ def test_mask_iou_and_box():
     assert mask_box(rect()).tolist() == [20, 10, 49, 29]
 
 
+def test_box_fill_is_the_filled_inclusive_box():
+    gt = rect(x0=20, x1=50, y0=10, y1=30)
+    np.testing.assert_array_equal(box_fill(mask_box(gt), gt.shape), gt)  # a rectangle is its own filled box
+    disk = np.hypot(*np.mgrid[-20:21, -20:21]) <= 20
+    filled = box_fill(mask_box(disk), disk.shape)
+    assert filled.all() and mask_iou(filled, disk) == pytest.approx(disk.sum() / disk.size)
+    clipped = box_fill(np.array([-3.0, -2.0, 4.0, 1.0]), (5, 6))  # clipped to the image
+    assert clipped.sum() == 2 * 5 and clipped[:2, :5].all()
+
+
 class OraclePredictor:
     """A predictor double that returns the ground truth: exercises the loop's bookkeeping."""
 
@@ -71,7 +81,7 @@ def test_perfect_predictor_needs_one_click():
     gt = rect()
     image = np.zeros((*gt.shape, 3), np.uint8)
     rec = evaluate_mask(OraclePredictor(gt), image, gt, EvalConfig(grabcut=False))
-    assert rec["point_top1"] == rec["box"] == 1.0
+    assert rec["point_top1"] == rec["box"] == rec["box_fill"] == 1.0  # the gt is a rectangle
     assert rec["noc@85"] == rec["noc@90"] == 1
     assert len(rec["clicks_iou"]) == 20
 
@@ -95,7 +105,7 @@ def test_evaluate_with_a_real_model(tiny_sam):
     summary, records = evaluate(SamPredictor(tiny_sam), [{"image": image, "masks": gt[None], "image_id": "a"}],
                                 EvalConfig(max_clicks=5), progress=False)
     assert summary["masks"] == 1 and len(records[0]["clicks_iou"]) == 5
-    for key in ("miou/point_top1", "miou/point_oracle", "miou/box", "miou/grabcut_box", "noc@85", "noc@90"):
+    for key in ("miou/point_top1", "miou/point_oracle", "miou/box", "miou/box_fill", "miou/grabcut_box", "noc@85", "noc@90"):
         assert key in summary
     assert summary["miou/point_oracle"] >= summary["miou/point_top1"]
     assert 1 <= summary["noc@90"] <= 5

@@ -39,6 +39,7 @@ def format_report(summary: Dict[str, float]) -> str:
         ("miou/point_top1", "1-point mIoU (top-1)"),
         ("miou/point_oracle", "1-point mIoU (oracle)"),
         ("miou/box", "box mIoU"),
+        ("miou/box_fill", "box mIoU, filled-box baseline"),
         ("miou/grabcut_box", "box mIoU, GrabCut baseline"),
     ]
     order += [(k, f"mIoU after {k.split('@')[1]} clicks") for k in summary if k.startswith("miou/clicks@")]

@@ -3,7 +3,8 @@
 Protocol (segment-anything.txt §7.1, §D.1):
 * 1 point at the mask centre, multimask output; top-1 = the mask SAM ranks first by predicted IoU,
   oracle = the best of the three against ground truth;
-* box = the ground-truth box, single-mask output;
+* box = the ground-truth box, single-mask output; baselines on the same box: the filled box itself
+  (``box_fill``) and OpenCV's GrabCut;
 * interactive: clicks added one at a time at the point farthest from the error region's boundary,
   the previous low-res logits passed as mask prompt, single-mask output after the first click (§A);
   IoU after N clicks and NoC@τ = clicks needed to reach IoU τ (``max_clicks`` when never reached).
@@ -18,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from promptseg.eval.grabcut import grabcut_from_box
-from promptseg.eval.protocols import center_point, mask_box, mask_iou, next_click
+from promptseg.eval.protocols import box_fill, center_point, mask_box, mask_iou, next_click
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ def evaluate_mask(predictor: Any, image: np.ndarray, gt: np.ndarray, config: Eva
     box = mask_box(gt)
     box_mask = predictor.predict(box=box, multimask_output=False)[0][0]
     record["box"] = mask_iou(box_mask, gt)
+    record["box_fill"] = mask_iou(box_fill(box, gt.shape), gt)
     if config.grabcut:
         record["grabcut_box"] = mask_iou(grabcut_from_box(image, box), gt)
 
@@ -75,11 +77,12 @@ def evaluate_mask(predictor: Any, image: np.ndarray, gt: np.ndarray, config: Eva
 
 
 def summarize(records: Sequence[Dict[str, Any]], config: EvalConfig = EvalConfig()) -> Dict[str, float]:
-    """Mean of every metric over masks: mIoU (1 point top-1/oracle, box, GrabCut box, after N clicks), NoC."""
+    """Mean of every metric over masks: mIoU (1 point top-1/oracle, box, filled box, GrabCut box, after N
+    clicks), NoC."""
     if not records:
         raise ValueError("no masks were evaluated")
     out: Dict[str, float] = {"masks": float(len(records))}
-    for key in ("point_top1", "point_oracle", "box", "grabcut_box"):
+    for key in ("point_top1", "point_oracle", "box", "box_fill", "grabcut_box"):
         if key in records[0]:
             out[f"miou/{key}"] = float(np.mean([r[key] for r in records]))
     for n in config.report_clicks:

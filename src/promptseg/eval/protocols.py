@@ -59,3 +59,13 @@ def mask_box(mask: np.ndarray) -> np.ndarray:
     """Tight XYXY box of a bool mask with inclusive corners (``x1`` = last column), as SAM's tools use."""
     ys, xs = np.nonzero(mask)
     return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
+
+
+def box_fill(box: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    """The filled ``H×W`` rectangle of an inclusive-corner XYXY box (as :func:`mask_box` returns): the
+    trivial box "segmenter", a floor any box-prompted model should beat."""
+    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+    out = np.zeros(shape, dtype=bool)
+    out[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
+    return out
+

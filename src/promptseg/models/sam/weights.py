@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import Mapping, Optional, Union
+from typing import Dict, Mapping, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from promptseg.checkpoint import (
@@ -126,8 +128,51 @@ def save_sam(model: Sam, path: PathLike) -> None:
     save_safetensors(state, path, model.config.to_dict(), FORMAT)
 
 
-def convert_checkpoint(src: PathLike, dst: PathLike, config: Optional[Union[SamConfig, str]] = None) -> SamConfig:
-    """Convert an official SAM ``.pth`` (or any loadable SAM checkpoint) to promptseg safetensors."""
+def with_patch_size(model: Sam, patch_size: int) -> Sam:
+    """A copy of ``model`` whose image encoder cuts ``patch_size``-px patches of the same input size.
+
+    ``patch_size`` must divide the current patch size (factor ``f``): the new model has ``f×f`` as many
+    image tokens (and ``f``× the mask resolution). Each ``f×f`` block of the old patch kernel is summed,
+    so the new patch embedding of an image equals the old one of that image upsampled ``f``× by
+    nearest neighbour; the absolute position table is resized bicubically and the global blocks'
+    relative tables linearly (as :func:`~promptseg.models.sam.image_encoder.get_rel_pos` resizes them
+    at run time). Windowed blocks keep their window in tokens, so it covers ``1/f`` of the pixels.
+    Prompt encoder and mask decoder are resolution-free and copied unchanged. This gives a
+    fine-tuning start at the finer token grid, not a model equal to the original.
+    """
+    if model.config is None:
+        raise ValueError("model has no config; build it with promptseg.build_sam or load_sam")
+    enc = model.config.image_encoder
+    if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < 1 or enc.patch_size % patch_size:
+        raise ValueError(f"patch_size must be a positive integer dividing the current patch size {enc.patch_size}, got {patch_size!r}")
+    factor = enc.patch_size // patch_size
+    config = dataclasses.replace(model.config, image_encoder=dataclasses.replace(enc, patch_size=patch_size))
+    resized = build_sam(config)
+    target = resized.state_dict()
+    state: Dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().float() if value.is_floating_point() else value
+        shape = target[key].shape
+        if key == "image_encoder.patch_embed.proj.weight":
+            c, i, kh, kw = value.shape
+            value = value.reshape(c, i, kh // factor, factor, kw // factor, factor).sum((3, 5))
+        elif key == "image_encoder.pos_embed" and value.shape != shape:
+            grid = F.interpolate(value.permute(0, 3, 1, 2), size=tuple(shape[1:3]), mode="bicubic", align_corners=False)
+            value = grid.permute(0, 2, 3, 1)
+        elif key.endswith((".rel_pos_h", ".rel_pos_w")) and value.shape != shape:
+            value = F.interpolate(value.t()[None], size=shape[0], mode="linear")[0].t()
+        state[key] = value
+    load_state_dict_strict(resized, state, source=f"{enc.patch_size}-px model resized to {patch_size}-px patches")
+    return resized
+
+
+def convert_checkpoint(
+    src: PathLike, dst: PathLike, config: Optional[Union[SamConfig, str]] = None, patch_size: Optional[int] = None
+) -> SamConfig:
+    """Convert an official SAM ``.pth`` (or any loadable SAM checkpoint) to promptseg safetensors,
+    optionally with finer patches (:func:`with_patch_size`)."""
     model = load_sam(src, config=config)
+    if patch_size is not None:
+        model = with_patch_size(model, patch_size)
     save_sam(model, dst)
     return model.config
