@@ -39,7 +39,9 @@ def test_load_model_returns_the_bundled_model():
     path = hub.default_model_path()
     assert path.name == hub.DEFAULT_MODEL_FILE and path.stat().st_size <= MAX_BYTES
     model = hub.load_model()
-    assert model.config.image_encoder.patch_size == 16  # the official ViT family, at a small size
+    # the official ViT family at a small size, with 8-px patches (docs/default_model.md: a 16-px model resized
+    # by `promptseg convert --patch-size 8`, then fine-tuned)
+    assert model.config.image_encoder.patch_size == 8 and model.config.image_encoder.img_size == 256
     assert not any(torch.isnan(p).any() for p in model.parameters())
     bf16 = hub.load_model(dtype=torch.bfloat16)
     assert bf16.dtype == torch.bfloat16
