@@ -408,7 +408,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print(f"converted {src} -> {dst} ({_human_bytes(dst.stat().st_size)})")
     if args.model_type:
         source = f"--model-type {args.model_type}"
-    elif src.suffix == ".safetensors":  # metadata only
+    elif src.suffix == ".safetensors":  # the header only, when the file embeds its config
         source = f"{_read_checkpoint_summary(src)[1]} {src.name}"
     else:
         source = "inferred from the weights; decoder heads assumed 8"

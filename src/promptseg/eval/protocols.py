@@ -68,4 +68,3 @@ def box_fill(box: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
     out = np.zeros(shape, dtype=bool)
     out[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
     return out
-

@@ -12,12 +12,12 @@ from __future__ import annotations
 from typing import Iterator, List, Optional, Tuple, Type
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from promptseg.layers import DecomposedBias, DropPath, LayerNorm2d, MLPBlock, residual_add
 from promptseg.layers.attention import attention
 from promptseg.layers.linear import linear
+from promptseg.layers.positions import resize_rel_pos
 from promptseg.models.sam.config import ImageEncoderConfig
 
 
@@ -37,10 +37,7 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: Tensor) -> Tensor:
 
     ``rel_pos`` (``L×D``) is linearly resized when ``L != 2·max(q_size, k_size) − 1``.
     """
-    max_rel_dist = int(2 * max(q_size, k_size) - 1)
-    if rel_pos.shape[0] != max_rel_dist:
-        resized = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist, mode="linear")
-        rel_pos = resized.reshape(-1, max_rel_dist).permute(1, 0)
+    rel_pos = resize_rel_pos(rel_pos, int(2 * max(q_size, k_size) - 1))
     q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
     k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
     relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)

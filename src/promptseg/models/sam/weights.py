@@ -7,7 +7,6 @@ import re
 from typing import Dict, Mapping, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from promptseg.checkpoint import (
@@ -17,6 +16,7 @@ from promptseg.checkpoint import (
     read_state_dict,
     save_safetensors,
 )
+from promptseg.layers.positions import resize_pos_grid, resize_rel_pos
 from promptseg.models.sam.build import build_sam
 from promptseg.models.sam.config import ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig
 from promptseg.models.sam.sam import Sam
@@ -156,11 +156,10 @@ def with_patch_size(model: Sam, patch_size: int) -> Sam:
         if key == "image_encoder.patch_embed.proj.weight":
             c, i, kh, kw = value.shape
             value = value.reshape(c, i, kh // factor, factor, kw // factor, factor).sum((3, 5))
-        elif key == "image_encoder.pos_embed" and value.shape != shape:
-            grid = F.interpolate(value.permute(0, 3, 1, 2), size=tuple(shape[1:3]), mode="bicubic", align_corners=False)
-            value = grid.permute(0, 2, 3, 1)
-        elif key.endswith((".rel_pos_h", ".rel_pos_w")) and value.shape != shape:
-            value = F.interpolate(value.t()[None], size=shape[0], mode="linear")[0].t()
+        elif key == "image_encoder.pos_embed":
+            value = resize_pos_grid(value, tuple(shape[1:3]))
+        elif key.endswith((".rel_pos_h", ".rel_pos_w")):
+            value = resize_rel_pos(value, shape[0])
         state[key] = value
     load_state_dict_strict(resized, state, source=f"{enc.patch_size}-px model resized to {patch_size}-px patches")
     return resized

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from promptseg.layers import DecomposedBias, DropPath, LayerNorm2d, MLPBlock, residual_add
 from promptseg.layers.attention import attention
 from promptseg.layers.linear import linear
+from promptseg.layers.positions import resize_pos_grid
 from promptseg.models.sam.image_encoder import Attention, PatchEmbed, rel_pos_bias
 from promptseg.models.seggpt.config import EMBEDDING_TYPES, SegGptConfig
 
@@ -75,11 +76,7 @@ class SegGptEmbeddings(nn.Module):
         """Absolute position embedding for an ``height×width`` patch grid: ``1×height×width×D``."""
         pos = self.position_embeddings[:, 1:]
         side = int(round(pos.shape[1] ** 0.5))
-        pos = pos.reshape(1, side, side, -1)
-        if (side, side) == (height, width):
-            return pos
-        resized = F.interpolate(pos.permute(0, 3, 1, 2), size=(height, width), mode="bicubic", align_corners=False)
-        return resized.permute(0, 2, 3, 1)
+        return resize_pos_grid(pos.reshape(1, side, side, -1), (height, width))
 
     def type_token(self, embedding_type: str) -> Tensor:
         if embedding_type == "instance":

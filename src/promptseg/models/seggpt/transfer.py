@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from promptseg.layers.positions import resize_pos_grid
 from promptseg.models.seggpt.model import SegGpt
 
 
@@ -59,10 +59,7 @@ def init_encoder_from_sam(model: SegGpt, sam_image_encoder: nn.Module) -> SegGpt
         emb.patch_embeddings.proj.bias.copy_(enc.patch_embed.proj.bias)
         if getattr(enc, "pos_embed", None) is not None:
             side = int(round((emb.position_embeddings.shape[1] - 1) ** 0.5))
-            pos = enc.pos_embed.permute(0, 3, 1, 2)  # 1×C×h×w
-            if pos.shape[-2:] != (side, side):
-                pos = F.interpolate(pos, size=(side, side), mode="bicubic", align_corners=False)
-            emb.position_embeddings[:, 1:] = pos.flatten(2).transpose(1, 2)
+            emb.position_embeddings[:, 1:] = resize_pos_grid(enc.pos_embed, (side, side)).flatten(1, 2)
         for layer, block in zip(model.encoder.layers, enc.blocks):
             pairs: Dict[nn.Module, nn.Module] = {
                 layer.layernorm_before: block.norm1, layer.layernorm_after: block.norm2,
