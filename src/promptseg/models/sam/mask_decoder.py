@@ -78,16 +78,16 @@ class Attention(nn.Module):
         re-associate the products when one side has only a few tokens (exact algebra, see
         :meth:`_few_queries` and :meth:`_few_keys`).
         """
-        if get_attention_backend() != "eager":
-            few = self.internal_dim // self.num_heads  # fewer tokens per head than this: re-associate
-            if kv is None and q_in.shape[1] < few:
-                out = self._few_queries(q_in, k_in, v_in)
-                return out if residual is None else residual + out
-            if k_in.shape[1] < few:
-                return self._few_keys(q_in, k_in, v_in, q, residual)
-        q = q if q is not None else self.heads(self.q_proj(q_in))
-        k, v = kv if kv is not None else (self.heads(self.k_proj(k_in)), self.heads(self.v_proj(v_in)))
-        out = self.attend(q, k, v)
+        few = self.internal_dim // self.num_heads  # fewer tokens per head than this: re-associate
+        fast = get_attention_backend() != "eager"
+        if fast and kv is None and q_in.shape[1] < few:
+            out = self._few_queries(q_in, k_in, v_in)
+        elif fast and k_in.shape[1] < few:
+            return self._few_keys(q_in, k_in, v_in, q, residual)  # adds the residual inside its GEMM
+        else:
+            q = q if q is not None else self.heads(self.q_proj(q_in))
+            k, v = kv if kv is not None else (self.heads(self.k_proj(k_in)), self.heads(self.v_proj(v_in)))
+            out = self.attend(q, k, v)
         return out if residual is None else residual + out
 
     def _split_weight(self, linear: nn.Linear) -> Tensor:
