@@ -82,8 +82,14 @@ def _write_images(folder: Path, helpers, count: int = 5, size=(40, 56), bad: boo
     return paths
 
 
+def _is_temporary(path: Path) -> bool:
+    """``atomic_write``'s ``.NAME.XXXXXXXX.tmp``: what a kill during a write may leave, never read as an output."""
+    return path.name.startswith(".") and path.suffix == ".tmp"
+
+
 def _visible_files(out: Path):
-    return sorted(p for p in out.rglob("*") if p.is_file() and STATE_DIR not in p.parts)
+    """The outputs a user sees: not the run's state folder, not atomic-write temporaries."""
+    return sorted(p for p in out.rglob("*") if p.is_file() and STATE_DIR not in p.parts and not _is_temporary(p))
 
 
 def _check_valid(path: Path) -> None:
@@ -311,6 +317,8 @@ def test_resume_after_kill_9(tmp_path, helpers, checkpoint):
     assert 2 <= len(finished) < len(images)
     for path in _visible_files(out):  # nothing half-written, whatever the moment of the kill
         _check_valid(path)
+    left = [p for p in out.rglob("*.tmp") if STATE_DIR not in p.parts]
+    assert all(_is_temporary(p) for p in left), left  # a kill mid-write leaves at most a hidden temporary
     first_calls = log.read_text().split()
     mtimes = {p: p.stat().st_mtime_ns for p in _visible_files(out) if any(p.name.startswith(Path(k).name + ".")
                                                                           and p.parent.name == Path(k).parent.name
