@@ -10,6 +10,13 @@ zero). Reported: image encoding of a 1024² input; one-point ``predict`` with ma
 run, whose time is printed too (no hidden warm-up cost). The bf16 rows also print the IoU of their
 masks against promptseg float32 on a set of click prompts; "bf16enc" is the mixed mode (bfloat16 image
 encoder, float32 decoder: ``load_model(encoder_dtype=torch.bfloat16)``), whose encoder time is the bf16 row's.
+
+A probe of the process's state is timed at the start and at the end: 200 float32 64×64 matrix products
+with the process's thread count and with one thread. On the 2-vCPU development VM some processes run all
+two-thread work slowly (the probe's two-thread time doubles; a bare ``import torch`` process can start
+that way, and a process can turn that way at any time, never back): the reference and promptseg then slow
+down by different amounts, so the ratios of such a run are marked (docs/benchmarks.md, "degraded
+processes"). The probe only reports; nothing is retried or discarded.
 """
 
 from __future__ import annotations
@@ -36,6 +43,33 @@ def timed(fn: Callable[[], object], repeats: int) -> Dict[str, float]:
         fn()
         runs.append(time.perf_counter() - start)
     return {"first_s": first, "median_s": statistics.median(runs), "min_s": min(runs)}
+
+
+def parallel_probe(products: int = 200, repeats: int = 15) -> Dict[str, float]:
+    """Median time (µs) of one float32 64×64 product, with the current thread count and with one thread."""
+    a, b, out = torch.randn(64, 64), torch.randn(64, 64), torch.empty(64, 64)
+
+    def per_product() -> float:
+        return timed(lambda: [torch.mm(a, b, out=out) for _ in range(products)], repeats)["median_s"] / products * 1e6
+
+    threads = torch.get_num_threads()
+    per_product()  # the first parallel products also start the worker threads
+    many = per_product()
+    torch.set_num_threads(1)
+    try:
+        one = per_product()
+    finally:
+        torch.set_num_threads(threads)
+    return {"threads": threads, "threads_us": many, "one_thread_us": one, "ratio": many / one}
+
+
+DEGRADED_RATIO = 1.4  # probe ratio above which the process is in the slow state (≈ 0.9 normal, 1.8–2.5 degraded)
+
+
+def describe_probe(name: str, probe: Dict[str, float]) -> str:
+    state = "DEGRADED (two-thread work runs slow in this process)" if probe["ratio"] > DEGRADED_RATIO else "normal"
+    return (f"process probe at {name}: 64×64 GEMM {probe['threads_us']:.1f} µs with {probe['threads']} threads, "
+            f"{probe['one_thread_us']:.1f} µs with 1 (ratio {probe['ratio']:.2f}): {state}")
 
 
 def random_weights(model: torch.nn.Module, seed: int) -> Dict[str, torch.Tensor]:
@@ -99,6 +133,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
+    probes = {"start": parallel_probe()}
     from segment_anything import SamPredictor as RefPredictor
 
     from promptseg import SamPredictor
@@ -150,16 +185,20 @@ def main(argv: List[str] | None = None) -> int:
         print(f"batch fp32 max |Δlogit| vs reference: {(ra - rb).abs().max().item():.2e}", flush=True)
 
         # ---- bf16 mask quality against float32 (whole pipeline: encoder + decoder in bf16)
-        m32 = p32.predict_many(pts[:16], np.ones((16, 1)))[0]
-        m16 = p16.predict_many(pts[:16], np.ones((16, 1)))[0]
+        n_quality = min(16, args.prompts)
+        m32 = p32.predict_many(pts[:n_quality], np.ones((n_quality, 1)))[0]
+        m16 = p16.predict_many(pts[:n_quality], np.ones((n_quality, 1)))[0]
         ious = [mask_iou(m32[i, j], m16[i, j]) for i in range(m32.shape[0]) for j in range(m32.shape[1])]
         print(f"bf16 vs fp32 mask IoU over {len(ious)} masks: mean {np.mean(ious):.4f}, min {np.min(ious):.4f}", flush=True)
-        mm = pm.predict_many(pts[:16], np.ones((16, 1)))[0]
+        mm = pm.predict_many(pts[:n_quality], np.ones((n_quality, 1)))[0]
         ious_mixed = [mask_iou(m32[i, j], mm[i, j]) for i in range(m32.shape[0]) for j in range(m32.shape[1])]
         print(f"bf16-encoder (float32 decoder) vs fp32 mask IoU: mean {np.mean(ious_mixed):.4f}, "
               f"min {np.min(ious_mixed):.4f}", flush=True)
 
+    probes["end"] = parallel_probe()
     print()
+    for name, probe in probes.items():
+        print(describe_probe(name, probe))
     print(f"{'measurement':32s} {'median':>10s} {'first':>10s} {'vs reference':>13s}")
     for key, r in results.items():
         group = key.split("/")[0]
@@ -167,7 +206,7 @@ def main(argv: List[str] | None = None) -> int:
         print(f"{key:32s} {r['median_s'] * 1e3:9.1f}ms {r['first_s'] * 1e3:9.1f}ms {ratio:12.2f}×")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": results, "bf16_iou_mean": float(np.mean(ious)), "bf16_iou_min": float(np.min(ious)),
+            json.dump({"results": results, "process_probe": probes, "bf16_iou_mean": float(np.mean(ious)), "bf16_iou_min": float(np.min(ious)),
                        "bf16enc_iou_mean": float(np.mean(ious_mixed)), "bf16enc_iou_min": float(np.min(ious_mixed))},
                       f, indent=2)
     return 0

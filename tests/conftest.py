@@ -12,7 +12,10 @@ Tests marked ``slow`` are skipped unless selected with ``-m slow``.
 from __future__ import annotations
 
 import contextlib
+import runpy
+import sys
 import types
+from pathlib import Path
 from typing import Tuple
 
 import numpy as np
@@ -212,6 +215,22 @@ def _single_thread():
 
 # ---------------------------------------------------------------------------------------------------
 # Fixtures.
+
+
+@pytest.fixture
+def run_benchmark(monkeypatch, capsys):
+    """``run_benchmark(script, *argv)`` runs ``benchmarks/<script>`` as ``__main__`` and returns its stdout."""
+    root = Path(__file__).resolve().parents[1]
+
+    def run(script: str, *argv: str) -> str:
+        monkeypatch.setattr(sys, "argv", [script, *argv])
+        try:
+            runpy.run_path(str(root / "benchmarks" / script), run_name="__main__")
+        except SystemExit as exit_:
+            assert exit_.code == 0
+        return capsys.readouterr().out
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,22 @@
+"""``benchmarks/bench_sam.py --quick`` runs end to end against the reference (a smoke test; timings are not asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def test_bench_sam_quick_reports_ratios_parity_and_the_process_probe(run_benchmark, tmp_path):
+    pytest.importorskip("segment_anything")
+    out_json = tmp_path / "bench.json"
+    out = run_benchmark("bench_sam.py", "--quick", "--repeats", "1", "--prompts", "4", "--json", str(out_json))
+    for needle in ("predict fp32 max |Δlogit| vs reference", "process probe at start", "process probe at end",
+                   "predict/promptseg-bf16"):
+        assert needle in out, out
+    report = json.loads(out_json.read_text())
+    assert set(report["process_probe"]) == {"start", "end"}
+    for probe in report["process_probe"].values():
+        assert probe["threads_us"] > 0 and probe["one_thread_us"] > 0
+        assert probe["ratio"] == pytest.approx(probe["threads_us"] / probe["one_thread_us"])
+    assert {"encoder/reference", "predict/promptseg-bf16", "batch/promptseg-fp32"} <= set(report["results"])
