@@ -11,12 +11,13 @@ run, whose time is printed too (no hidden warm-up cost). The bf16 rows also prin
 masks against promptseg float32 on a set of click prompts; "bf16enc" is the mixed mode (bfloat16 image
 encoder, float32 decoder: ``load_model(encoder_dtype=torch.bfloat16)``), whose encoder time is the bf16 row's.
 
-A probe of the process's state is timed at the start and at the end: 200 float32 64×64 matrix products
-with the process's thread count and with one thread. On the 2-vCPU development VM some processes run all
-two-thread work slowly (the probe's two-thread time doubles; a bare ``import torch`` process can start
-that way, and a process can turn that way at any time, never back): the reference and promptseg then slow
-down by different amounts, so the ratios of such a run are marked (docs/benchmarks.md, "degraded
-processes"). The probe only reports; nothing is retried or discarded.
+A probe of the process's state is timed at the start, just before and just after the one-point
+predicts, and at the end: 200 float32 64×64 matrix products with the process's thread count and with one
+thread. On the 2-vCPU development VM some processes run all two-thread work slowly (the probe's
+two-thread time doubles; a bare ``import torch`` process can start that way, and a process can turn that
+way at any time, rarely back): the reference and promptseg then slow down by different amounts, so the
+ratios of such a run are marked (docs/benchmarks.md, "degraded processes"). The probe only reports;
+nothing is retried or discarded.
 """
 
 from __future__ import annotations
@@ -165,10 +166,13 @@ def main(argv: List[str] | None = None) -> int:
         for p in (rp, p32, p16, pm):
             p.set_image(image)
         point, label = np.array([[w * 0.4, h * 0.45]]), np.array([1])
+        # the state can change within a run, and the one-point predicts are the most sensitive to it
+        probes["before predict"] = parallel_probe()
         results["predict/reference"] = timed(lambda: rp.predict(point, label), dec_repeats)
         results["predict/promptseg-fp32"] = timed(lambda: p32.predict(point, label), dec_repeats)
         results["predict/promptseg-bf16"] = timed(lambda: p16.predict(point, label), dec_repeats)
         results["predict/promptseg-bf16enc"] = timed(lambda: pm.predict(point, label), dec_repeats)
+        probes["after predict"] = parallel_probe()
         a = rp.predict(point, label, return_logits=True)[0]
         b = p32.predict(point, label, return_logits=True)[0]
         print(f"predict fp32 max |Δlogit| vs reference: {np.abs(a - b).max():.2e}", flush=True)

@@ -23,7 +23,7 @@ from torch import Tensor
 from promptseg.models.sam.mask_decoder import ImageKeys
 from promptseg.models.sam.sam import Sam
 from promptseg.prompts import check_boxes, check_points
-from promptseg.transforms import ResizeLongestSide, get_preprocess_shape, mask_to_logits, threshold_masks, to_rgb_uint8
+from promptseg.transforms import ResizeLongestSide, get_preprocess_shape, mask_to_logits, to_rgb_uint8
 
 Size = Tuple[int, int]
 NumpyResult = Tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -278,10 +278,10 @@ class SamPredictor:
             image_keys=self._image_keys(image_index) if mask_input is None else None,
         )
         low_res, iou = low_res.float(), iou.float()
-        masks = model.postprocess_masks(low_res, self.input_sizes[image_index], self.original_sizes[image_index])
-        if not return_logits:
-            masks = threshold_masks(masks, model.mask_threshold)
-        return masks, iou, low_res
+        size, original = self.input_sizes[image_index], self.original_sizes[image_index]
+        if return_logits:
+            return model.postprocess_masks(low_res, size, original), iou, low_res
+        return model.binary_masks(low_res, size, original), iou, low_res
 
     def _image_pe(self) -> Tensor:
         if self._dense_pe is None:

@@ -12,10 +12,10 @@ def test_bench_sam_quick_reports_ratios_parity_and_the_process_probe(run_benchma
     out_json = tmp_path / "bench.json"
     out = run_benchmark("bench_sam.py", "--quick", "--repeats", "1", "--prompts", "4", "--json", str(out_json))
     for needle in ("predict fp32 max |Δlogit| vs reference", "process probe at start", "process probe at end",
-                   "predict/promptseg-bf16"):
+                   "process probe at before predict", "process probe at after predict", "predict/promptseg-bf16"):
         assert needle in out, out
     report = json.loads(out_json.read_text())
-    assert set(report["process_probe"]) == {"start", "end"}
+    assert list(report["process_probe"]) == ["start", "before predict", "after predict", "end"]
     for probe in report["process_probe"].values():
         assert probe["threads_us"] > 0 and probe["one_thread_us"] > 0
         assert probe["ratio"] == pytest.approx(probe["threads_us"] / probe["one_thread_us"])

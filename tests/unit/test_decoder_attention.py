@@ -75,3 +75,57 @@ def test_residual_fold_backpropagates_like_eager() -> None:
         grads.append([t.grad.clone() for t in (image, tokens, res)] + [p.grad.clone() for p in attn.parameters()])
     for g_ref, g_fast in zip(*grads):
         torch.testing.assert_close(g_fast, g_ref, atol=1e-4, rtol=1e-4)
+
+
+def _decoder(seed: int = 0):
+    from promptseg.models.sam.mask_decoder import MaskDecoder, TwoWayTransformer
+
+    torch.manual_seed(seed)
+    transformer = TwoWayTransformer(depth=1, embedding_dim=32, num_heads=4, mlp_dim=64)
+    decoder = MaskDecoder(transformer_dim=32, transformer=transformer, iou_head_hidden_dim=32).eval()
+    for p in decoder.output_hypernetworks_mlps.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return decoder
+
+
+def _one_by_one(decoder, tokens: torch.Tensor, mask_slice: slice) -> torch.Tensor:
+    mlps = list(enumerate(decoder.output_hypernetworks_mlps))[mask_slice]
+    return torch.stack([mlp(tokens[:, i]) for i, mlp in mlps], dim=1)
+
+
+@pytest.mark.parametrize("mask_slice", [slice(1, None), slice(0, 1), slice(None)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batched_hypernetworks_equal_one_mlp_per_token(mask_slice: slice, dtype: torch.dtype) -> None:
+    decoder = _decoder().to(dtype)
+    tokens = torch.randn(5, 4, 32, dtype=dtype)
+    with torch.no_grad():
+        got = decoder._hypernetworks(tokens, mask_slice)
+        expected = _one_by_one(decoder, tokens, mask_slice)
+    assert got.shape == expected.shape == (5, len(range(4)[mask_slice]), 4) and got.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got, expected, atol=tol, rtol=tol)
+
+
+def test_batched_hypernetworks_follow_weight_changes() -> None:
+    """The stacked weights are rebuilt after an in-place update, a dtype change or a new state dict."""
+    decoder = _decoder()
+    tokens = torch.randn(2, 4, 32)
+    with torch.no_grad():
+        decoder._hypernetworks(tokens, slice(1, None))
+        decoder.output_hypernetworks_mlps[2].layers[1].weight.mul_(-2.0)  # an optimizer step, in place
+        torch.testing.assert_close(decoder._hypernetworks(tokens, slice(1, None)), _one_by_one(decoder, tokens, slice(1, None)))
+        other = _decoder(seed=5)
+        decoder.load_state_dict(other.state_dict())
+        torch.testing.assert_close(decoder._hypernetworks(tokens, slice(1, None)), _one_by_one(other, tokens, slice(1, None)))
+        decoder.to(torch.float64)
+        got = decoder._hypernetworks(tokens.double(), slice(1, None))
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, _one_by_one(decoder, tokens.double(), slice(1, None)))
+
+
+def test_hypernetworks_backpropagate_through_each_mlp() -> None:
+    """Under autograd (training) each MLP runs on its own, and every one of them gets a gradient."""
+    decoder = _decoder().train()
+    tokens = torch.randn(2, 4, 32, requires_grad=True)
+    decoder._hypernetworks(tokens, slice(None)).square().sum().backward()
+    assert tokens.grad is not None and all(p.grad is not None for p in decoder.output_hypernetworks_mlps.parameters())

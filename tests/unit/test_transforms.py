@@ -192,3 +192,51 @@ def test_threshold_masks_equals_the_comparison(dtype):
 def test_threshold_masks_keeps_autograd_inputs_on_the_torch_path():
     x = torch.randn(4, 5, requires_grad=True)
     assert torch.equal(threshold_masks(x, 0.1), x.detach() > 0.1)
+
+
+@pytest.mark.parametrize("size", [(768, 1024), (1024, 683), (128, 128), (1, 128), (128, 3), (125, 97), (97, 125)])
+@pytest.mark.parametrize("lead", [(1, 3), (2, 1), (3,)])
+def test_postprocess_to_binary_equals_threshold_of_postprocess(size, lead):
+    """The compare-as-you-upsample shortcut (long side = img_size) gives the same masks, bit for bit."""
+    from promptseg.transforms import postprocess_to_binary
+
+    img_size = max(size[0], size[1]) if max(size) in (128, 1024) else 128
+    gen = torch.Generator().manual_seed(sum(size))
+    low = torch.randn(*lead, img_size // 4, img_size // 4, generator=gen) * 3
+    low.view(-1)[5] = float("nan")
+    low.view(-1)[7] = 0.0
+    original = size if max(size) == img_size else (img_size * size[0] // max(size), img_size * size[1] // max(size))
+    for threshold in (0.0, 0.7, -1.5):
+        expected = threshold_masks(postprocess_masks(low, original, original, img_size), threshold)
+        got = postprocess_to_binary(low, original, original, img_size, threshold)
+        assert got.dtype == torch.bool and got.is_contiguous() and got.shape == (*lead, *original)
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("input_size,original", [((96, 128), (300, 400)), ((128, 85), (60, 40))])
+def test_postprocess_to_binary_with_a_final_resize(input_size, original):
+    from promptseg.transforms import postprocess_to_binary
+
+    low = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    expected = threshold_masks(postprocess_masks(low, input_size, original, 128))
+    assert torch.equal(postprocess_to_binary(low, input_size, original, 128), expected)
+
+
+def test_postprocess_to_binary_keeps_autograd_inputs_on_the_torch_path():
+    from promptseg.transforms import postprocess_to_binary
+
+    low = torch.randn(1, 1, 32, 32, requires_grad=True)
+    got = postprocess_to_binary(low, (128, 96), (128, 96), 128)
+    assert torch.equal(got, postprocess_masks(low.detach(), (128, 96), (128, 96), 128) > 0)
+
+
+def test_upsample_bilinear_is_differentiable():
+    """With an autograd graph it takes no ``out=`` buffers; its gradient is that of ``F.interpolate``."""
+    from promptseg.transforms import upsample_bilinear
+
+    x = torch.randn(1, 2, 5, 6, requires_grad=True)
+    y = x.detach().clone().requires_grad_()
+    weights = torch.randn(1, 2, 20, 24)
+    (upsample_bilinear(x, 4) * weights).sum().backward()
+    (torch.nn.functional.interpolate(y, scale_factor=4, mode="bilinear", align_corners=False) * weights).sum().backward()
+    assert torch.allclose(x.grad, y.grad, atol=1e-5)

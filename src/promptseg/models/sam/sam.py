@@ -70,8 +70,7 @@ class Sam(nn.Module):
             low_res, iou = self.mask_decoder(
                 embedding.unsqueeze(0), self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output
             )
-            masks = self.postprocess_masks(low_res, record["image"].shape[-2:], record["original_size"])
-            binary = transforms.threshold_masks(masks, self.mask_threshold)
+            binary = self.binary_masks(low_res, record["image"].shape[-2:], record["original_size"])
             outputs.append({"masks": binary, "iou_predictions": iou, "low_res_logits": low_res})
         return outputs
 
@@ -80,6 +79,12 @@ class Sam(nn.Module):
     ) -> Tensor:
         """Low-res logits ``B×C×h×w`` → logits at the original image size ``B×C×H×W`` (removes padding)."""
         return transforms.postprocess_masks(masks, tuple(input_size), tuple(original_size), self.img_size)
+
+    def binary_masks(self, masks: Tensor, input_size: Tuple[int, ...], original_size: Tuple[int, ...]) -> Tensor:
+        """Low-res logits ``B×C×h×w`` → bool masks ``B×C×H×W`` (``postprocess_masks(…) > mask_threshold``)."""
+        return transforms.postprocess_to_binary(
+            masks, tuple(input_size), tuple(original_size), self.img_size, self.mask_threshold
+        )
 
     def preprocess(self, x: Tensor) -> Tensor:
         """Normalise pixel values and pad to a square ``img_size`` input: ``…×3×h×w`` → ``…×3×S×S``."""
