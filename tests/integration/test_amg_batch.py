@@ -220,6 +220,25 @@ def test_cli_usage_errors(tmp_path, capsys, helpers, checkpoint):
     assert "device nonsense cannot be used on this machine" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags,expected", [([], True), (["--no-tune-allocator"], False)])
+def test_cli_tunes_the_allocator_of_its_workers_unless_told_not_to(tmp_path, checkpoint, monkeypatch, flags, expected):
+    from types import SimpleNamespace
+
+    from promptseg.amg import cli
+
+    seen = {}
+
+    def fake_run(args, factory, threads):
+        seen["factory"] = factory
+        return SimpleNamespace(lines=lambda: [], failed=0)
+
+    monkeypatch.setattr(cli, "_run", fake_run)
+    (tmp_path / "in").mkdir()
+    assert cli.main([str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--checkpoint", str(checkpoint), *flags]) == 0
+    assert seen["factory"].tune_allocator is expected
+    assert "tune_allocator" not in seen["factory"].settings()  # the masks do not depend on it
+
+
 def test_presets_come_from_the_generator_class(checkpoint):
     from promptseg.amg.batch import PRESETS
 

@@ -424,6 +424,9 @@ class GeneratorFactory:
         encoder_dtype, transformer_dtype: the precisions of the image encoder and of the decoder's two-way
             transformer when they differ from ``dtype`` (None: ``dtype``).
         threads: torch intra-op threads of the worker (None: torch's default).
+        tune_allocator: raise glibc's malloc thresholds in the worker (:func:`promptseg.runtime.tune_allocator`):
+            image after image, the encoder's large activations are reused instead of page-faulted in again
+            (≈ 10 % of a float32 ViT-B encoding on the development CPU); the worker keeps its peak memory.
     """
 
     checkpoint: Optional[str] = None
@@ -435,6 +438,7 @@ class GeneratorFactory:
     encoder_dtype: Optional[str] = None
     transformer_dtype: Optional[str] = None
     threads: Optional[int] = None
+    tune_allocator: bool = True
 
     def _checkpoint_path(self) -> Path:
         from promptseg import hub
@@ -499,6 +503,10 @@ class GeneratorFactory:
 
         if self.threads:
             torch.set_num_threads(int(self.threads))
+        if self.tune_allocator:
+            from promptseg.runtime import tune_allocator
+
+            tune_allocator()
         model = hub.load_model(self.checkpoint, device=torch.device(self.device), **self._dtypes())
         cls = _import_object(self.generator)
         return _NoGradGenerator(cls(model, **self.resolved_options(), output_mode="binary_mask"))

@@ -123,6 +123,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--generator", default=DEFAULT_GENERATOR, metavar="MODULE:CLASS",
                    help=f"mask generator class (default {DEFAULT_GENERATOR}; {REFERENCE_GENERATOR} is the reference)")
     p.add_argument("--force", action="store_true", help="process every image again, even finished ones")
+    p.add_argument("--no-tune-allocator", dest="tune_allocator", action="store_false",
+                   help="leave glibc's malloc thresholds as they are (default: raised in every worker, so the "
+                        "encoder's large activations are reused between images instead of page-faulted in again; "
+                        "see promptseg.runtime.tune_allocator)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_amg)
     return p
@@ -164,6 +168,7 @@ def cmd_amg(args: argparse.Namespace) -> int:
         encoder_dtype=args.encoder_dtype,
         transformer_dtype=args.transformer_dtype,
         threads=threads,
+        tune_allocator=args.tune_allocator,
     )
     try:
         summary = _run(args, factory, threads)
