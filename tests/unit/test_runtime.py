@@ -64,6 +64,6 @@ def test_large_blocks_are_reused_instead_of_faulted_in_again():
         run = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr[-2000:]
         faults[mode] = int(run.stdout.split()[-1])
-    # 5 × (64 + 40 + 40) MiB in 4 KiB pages is 184,320 faults when every block is mapped afresh
-    assert faults["default"] > 100_000, faults
+    # 5 × (64 + 40 + 40) MiB mapped afresh is 184,320 faults in 4 KiB pages (360 in 2 MiB huge pages)
+    assert faults["default"] >= 300, faults
     assert faults["tuned"] < faults["default"] // 4, faults
