@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from promptseg.runtime import tune_allocator
+from promptseg.runtime import _glibc_mallopt, tune_allocator
 
 # Five "blocks" after two warm-up ones, each with 64 MiB and 40 MiB activations (the sizes of a ViT-B
 # encoder's): print the minor page faults of the five.
@@ -31,18 +31,6 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _glibc() -> bool:
-    import ctypes
-    import ctypes.util
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return hasattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "gnu_get_libc_version")
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("value", [0, -1, 2**31])
 def test_thresholds_out_of_range_are_rejected(value):
     with pytest.raises(ValueError, match="mmap_threshold"):
@@ -57,7 +45,7 @@ def test_thresholds_must_be_ints(value):
         tune_allocator(mmap_threshold=value)
 
 
-@pytest.mark.skipif(not _glibc(), reason="glibc's mallopt only")
+@pytest.mark.skipif(_glibc_mallopt() is None, reason="glibc's mallopt only")
 def test_large_blocks_are_reused_instead_of_faulted_in_again():
     faults = {}
     for mode in ("default", "tuned"):
