@@ -3,7 +3,7 @@
 Commands::
 
     promptseg segment IMAGE --point X,Y[,LABEL] ... --box X0,Y0,X1,Y1 ... -o OUT [--checkpoint CKPT]
-    promptseg convert SRC.pth DST.safetensors [--model-type vit_b|vit_l|vit_h] [--patch-size N]
+    promptseg convert SRC.pth DST.safetensors [--model-type vit_b|vit_l|vit_h] [--patch-size N] [--insert-blocks I,...]
     promptseg info CKPT [--json]
     promptseg demo [-o OUTDIR] [--checkpoint CKPT]
 
@@ -94,6 +94,18 @@ def parse_box(text: str) -> Box:
     return x0, y0, x1, y1
 
 
+def index_list(text: str) -> List[int]:
+    """``"I,J,..."`` → a list of integers ≥ -1 (block indexes; range checks are the model's)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid index list {text!r}: expected integers such as 0,3,4") from None
+    if any(v < -1 for v in values):
+        raise argparse.ArgumentTypeError(f"invalid index list {text!r}: indexes must be ≥ -1")
+    return values
+
+
 def add_part_dtype_options(p: argparse.ArgumentParser) -> None:
     """``--encoder-dtype`` and ``--transformer-dtype``: precisions of two parts of the model on their own."""
     p.add_argument("--encoder-dtype", choices=DTYPES, default=None,
@@ -169,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--patch-size", type=number_type(int, 1), metavar="N",
         help="resize the image encoder to N-px patches (N divides the current patch size; a fine-tuning start "
         "with N²-times finer token grid, see docs/default_model.md)",
+    )
+    p.add_argument(
+        "--insert-blocks", type=index_list, metavar="I[,I...]",
+        help="deepen the image encoder: a new windowed block after each encoder block index I (-1: before the "
+        "first), initialised as the identity so the converted model computes what SRC computes; a fine-tuning "
+        "start with more capacity, see docs/default_model.md",
     )
     p.set_defaults(func=cmd_convert)
 
@@ -398,7 +416,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if dst.exists() and dst.resolve() == src.resolve():
         raise ValueError(f"DST {dst} is the source file; choose another path")
     try:
-        config = convert_checkpoint(src, dst, config=args.model_type, patch_size=args.patch_size)
+        config = convert_checkpoint(
+            src, dst, config=args.model_type, patch_size=args.patch_size, insert_blocks=args.insert_blocks
+        )
     except CheckpointError as err:
         if args.model_type is None:
             raise
@@ -414,6 +434,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         source = "inferred from the weights; decoder heads assumed 8"
     if args.patch_size is not None:
         source += f", resized to {args.patch_size}-px patches"
+    if args.insert_blocks is not None:
+        source += f", {len(args.insert_blocks)} identity-initialised encoder blocks inserted"
     for line in describe_config(config, source):
         print(line)
     return 0

@@ -181,6 +181,20 @@ def test_convert_to_a_finer_patch_size(files, capsys, tmp_path):
         assert not (tmp_path / f"bad{bad}.safetensors").exists()
 
 
+def test_convert_inserting_encoder_blocks(files, capsys, tmp_path):
+    dst = tmp_path / "deep.safetensors"
+    code, stdout, err = run(capsys, "convert", files["ckpt"], dst, "--insert-blocks", "0,1")
+    assert code == 0, err
+    assert "2 identity-initialised encoder blocks inserted" in stdout
+    enc = load_sam(dst).config.image_encoder
+    assert enc.depth == 4 and enc.global_attn_indexes == (2,)
+    for bad in ("2", "-2", "x", "0,,1"):
+        out = tmp_path / f"bad{len(bad)}.safetensors"
+        code, _, err = run(capsys, "convert", files["ckpt"], out, "--insert-blocks", bad)
+        assert code == 2 and ("index" in err or "after" in err) and "Traceback" not in err, err
+        assert not out.exists()
+
+
 # --------------------------------------------------------------------------------------------- eval
 def test_eval_on_an_sa1b_folder_writes_a_report(files, capsys, tmp_path):
     """The committed eval command of the model card, on two tiny SA-1B-layout images."""

@@ -16,7 +16,7 @@ from promptseg import CheckpointError, build_sam, load_model, load_sam, save_sam
 from promptseg.checkpoint import CONFIG_KEY, load_state_dict_strict, read_state_dict
 from promptseg.hub import NoDefaultModelError
 from promptseg.models.sam.config import SAM_PRESETS, SamConfig
-from promptseg.models.sam.weights import convert_checkpoint, infer_sam_config, with_patch_size
+from promptseg.models.sam.weights import convert_checkpoint, infer_sam_config, with_inserted_blocks, with_patch_size
 
 MARKER = "promptseg_pwned_marker.txt"
 
@@ -351,6 +351,83 @@ def test_convert_checkpoint_with_patch_size(tmp_path):
     predictor.set_image(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
     masks, scores, low = predictor.predict(np.array([[20.0, 30.0]]), np.array([1]))
     assert masks.shape == (3, 48, 64) and scores.shape == (3,) and low.shape == (3, 32, 32)
+
+
+# with_inserted_blocks: a deeper encoder that starts as the same function
+
+
+def _randomised(model):
+    with torch.no_grad():  # every parameter non-trivial, so copies and zeros are visible
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("after", [[0], [-1, 2], [1, 1, 2], [0, 1, 2]])
+def test_with_inserted_blocks_computes_what_the_original_computes(after):
+    torch.manual_seed(0)
+    model = _randomised(build_sam(_encoder_config())).eval()
+    grown = with_inserted_blocks(model, after).eval()
+    enc = grown.config.image_encoder
+    assert enc.depth == 3 + len(after)
+    # the global block (old index 1) keeps global attention at its shifted index
+    assert enc.global_attn_indexes == (1 + sum(i < 1 for i in after),)
+    assert grown.image_encoder.blocks[enc.global_attn_indexes[0]].window_size == 0
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(grown.image_encoder(x), model.image_encoder(x), rtol=0, atol=0)
+    positions = []  # where each old block went
+    n = 0
+    for old in range(-1, 3):
+        if old >= 0:
+            positions.append(n)
+            n += 1
+        n += after.count(old)
+    state, grown_state = model.state_dict(), grown.state_dict()
+    for old, new in enumerate(positions):
+        for key, value in state.items():
+            if key.startswith(f"image_encoder.blocks.{old}."):
+                assert torch.equal(grown_state[key.replace(f"blocks.{old}.", f"blocks.{new}.")], value), key
+    for new in sorted(set(range(enc.depth)) - set(positions)):
+        block = grown.image_encoder.blocks[new]
+        assert block.window_size == 2
+        for zero in (block.attn.proj, block.mlp.lin2):
+            assert not zero.weight.any() and not zero.bias.any()
+        assert block.attn.qkv.weight.abs().sum() > 0  # copied from a windowed block, not zero
+    for key, value in state.items():
+        if not key.startswith("image_encoder.blocks."):
+            assert torch.equal(grown_state[key], value), key
+
+
+def test_inserted_blocks_train():
+    """The zero residual branches get gradients: one step makes the new blocks do something."""
+    torch.manual_seed(0)
+    grown = with_inserted_blocks(_randomised(build_sam(_encoder_config())), [0])
+    x = torch.randn(1, 3, 64, 64)
+    grown.image_encoder(x).square().mean().backward()
+    new = grown.image_encoder.blocks[1]
+    assert new.attn.proj.weight.grad.abs().sum() > 0 and new.mlp.lin2.weight.grad.abs().sum() > 0
+
+
+def test_with_inserted_blocks_rejects_bad_indexes_and_models():
+    model = build_sam(_encoder_config())
+    for bad in ([], [3], [-2], [0.0], [True], "0", 0, None):
+        with pytest.raises(ValueError, match="after"):
+            with_inserted_blocks(model, bad)
+    model.config = None
+    with pytest.raises(ValueError, match="config"):
+        with_inserted_blocks(model, [0])
+
+
+def test_convert_checkpoint_inserting_blocks(tmp_path):
+    torch.manual_seed(1)
+    model = build_sam(_encoder_config())
+    save_sam(model, tmp_path / "src.safetensors")
+    config = convert_checkpoint(tmp_path / "src.safetensors", tmp_path / "deep.safetensors", insert_blocks=[2])
+    assert config.image_encoder.depth == 4
+    loaded = load_sam(tmp_path / "deep.safetensors")
+    expected = with_inserted_blocks(model, [2]).state_dict()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in expected.items())
 
 
 def test_save_sam_requires_a_config(tiny_pair, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -165,13 +165,70 @@ def with_patch_size(model: Sam, patch_size: int) -> Sam:
     return resized
 
 
+def with_inserted_blocks(model: Sam, after: Sequence[int]) -> Sam:
+    """A deeper copy of ``model``: a new windowed ViT block after each encoder block index in ``after``.
+
+    Function-preserving growth (zero-initialised residual branches): each new block copies the norms,
+    attention and MLP input weights of the nearest windowed block at or before its place (the first
+    windowed block if none) and has its attention output projection and second MLP layer set to zero,
+    so it starts as the identity and the grown model computes what ``model`` computes; training then
+    uses the new capacity. Global blocks keep their global attention at their shifted indexes. An index
+    may repeat (two new blocks in a row); ``-1`` inserts before the first block. The copy is a float32
+    model on the CPU, like :func:`with_patch_size`'s.
+    """
+    if model.config is None:
+        raise ValueError("model has no config; build it with promptseg.build_sam or load_sam")
+    enc = model.config.image_encoder
+    if isinstance(after, (str, bytes)) or not isinstance(after, Sequence) or not after:
+        raise ValueError(f"after must be a non-empty sequence of block indexes in [-1, {enc.depth - 1}], got {after!r}")
+    bad = [i for i in after if not isinstance(i, int) or isinstance(i, bool) or not -1 <= i < enc.depth]
+    if bad:
+        raise ValueError(f"after must hold block indexes in [-1, {enc.depth - 1}], got {bad}")
+    windowed = [i for i in range(enc.depth) if i not in enc.global_attn_indexes]
+    if not windowed:
+        raise ValueError("the encoder has no windowed block to copy the new blocks from")
+    order: List[Tuple[int, bool]] = []  # per block of the grown encoder: (block copied from, is it new)
+    for old in range(-1, enc.depth):
+        if old >= 0:
+            order.append((old, False))
+        template = max((i for i in windowed if i <= old), default=windowed[0])
+        order.extend([(template, True)] * list(after).count(old))
+    global_idx = tuple(n for n, (src, new) in enumerate(order) if not new and src in enc.global_attn_indexes)
+    config = dataclasses.replace(
+        model.config, image_encoder=dataclasses.replace(enc, depth=len(order), global_attn_indexes=global_idx)
+    )
+    grown = build_sam(config)
+    old_state = model.state_dict()
+    state: Dict[str, Tensor] = {}
+    for key, value in old_state.items():
+        if not key.startswith("image_encoder.blocks."):
+            state[key] = value.detach().clone()
+    for n, (src, new) in enumerate(order):
+        prefix = f"image_encoder.blocks.{src}."
+        for key in (k for k in old_state if k.startswith(prefix)):
+            value = old_state[key].detach().clone()
+            name = key[len(prefix):]
+            if new and name.startswith(("attn.proj.", "mlp.lin2.")):  # the residual branch's last layers
+                value = torch.zeros_like(value)
+            state[f"image_encoder.blocks.{n}.{name}"] = value
+    load_state_dict_strict(grown, state, source=f"{enc.depth}-block encoder grown to {len(order)} blocks")
+    return grown
+
+
 def convert_checkpoint(
-    src: PathLike, dst: PathLike, config: Optional[Union[SamConfig, str]] = None, patch_size: Optional[int] = None
+    src: PathLike,
+    dst: PathLike,
+    config: Optional[Union[SamConfig, str]] = None,
+    patch_size: Optional[int] = None,
+    insert_blocks: Optional[Sequence[int]] = None,
 ) -> SamConfig:
     """Convert an official SAM ``.pth`` (or any loadable SAM checkpoint) to promptseg safetensors,
-    optionally with finer patches (:func:`with_patch_size`)."""
+    optionally with finer patches (:func:`with_patch_size`) and then a deeper encoder
+    (:func:`with_inserted_blocks`)."""
     model = load_sam(src, config=config)
     if patch_size is not None:
         model = with_patch_size(model, patch_size)
+    if insert_blocks is not None:
+        model = with_inserted_blocks(model, insert_blocks)
     save_sam(model, dst)
     return model.config
