@@ -40,7 +40,7 @@ def test_load_model_returns_the_bundled_model():
     assert path.name == hub.DEFAULT_MODEL_FILE and path.stat().st_size <= MAX_BYTES
     model = hub.load_model()
     # the official ViT family at a small size, with 8-px patches (docs/default_model.md: a 16-px model resized
-    # by `promptseg convert --patch-size 8`, then fine-tuned)
+    # by `promptseg convert --patch-size 8`, fine-tuned, deepened by `--insert-blocks`, fine-tuned again)
     assert model.config.image_encoder.patch_size == 8 and model.config.image_encoder.img_size == 256
     assert not any(torch.isnan(p).any() for p in model.parameters())
     bf16 = hub.load_model(dtype=torch.bfloat16)
