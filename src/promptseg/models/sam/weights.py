@@ -120,12 +120,17 @@ def load_sam(
     return model
 
 
-def save_sam(model: Sam, path: PathLike) -> None:
-    """Save ``model`` in promptseg's format: float32 safetensors with the JSON config in the header."""
+def _config_of(model: Sam) -> SamConfig:
     if model.config is None:
         raise ValueError("model has no config; build it with promptseg.build_sam or load_sam")
+    return model.config
+
+
+def save_sam(model: Sam, path: PathLike) -> None:
+    """Save ``model`` in promptseg's format: float32 safetensors with the JSON config in the header."""
+    config = _config_of(model)
     state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    save_safetensors(state, path, model.config.to_dict(), FORMAT)
+    save_safetensors(state, path, config.to_dict(), FORMAT)
 
 
 def with_patch_size(model: Sam, patch_size: int) -> Sam:
@@ -140,9 +145,7 @@ def with_patch_size(model: Sam, patch_size: int) -> Sam:
     Prompt encoder and mask decoder are resolution-free and copied unchanged. This gives a
     fine-tuning start at the finer token grid, not a model equal to the original.
     """
-    if model.config is None:
-        raise ValueError("model has no config; build it with promptseg.build_sam or load_sam")
-    enc = model.config.image_encoder
+    enc = _config_of(model).image_encoder
     if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < 1 or enc.patch_size % patch_size:
         raise ValueError(f"patch_size must be a positive integer dividing the current patch size {enc.patch_size}, got {patch_size!r}")
     factor = enc.patch_size // patch_size
@@ -176,9 +179,7 @@ def with_inserted_blocks(model: Sam, after: Sequence[int]) -> Sam:
     may repeat (two new blocks in a row); ``-1`` inserts before the first block. The copy is a float32
     model on the CPU, like :func:`with_patch_size`'s.
     """
-    if model.config is None:
-        raise ValueError("model has no config; build it with promptseg.build_sam or load_sam")
-    enc = model.config.image_encoder
+    enc = _config_of(model).image_encoder
     if isinstance(after, (str, bytes)) or not isinstance(after, Sequence) or not after:
         raise ValueError(f"after must be a non-empty sequence of block indexes in [-1, {enc.depth - 1}], got {after!r}")
     bad = [i for i in after if not isinstance(i, int) or isinstance(i, bool) or not -1 <= i < enc.depth]
@@ -200,13 +201,13 @@ def with_inserted_blocks(model: Sam, after: Sequence[int]) -> Sam:
     grown = build_sam(config)
     old_state = model.state_dict()
     state: Dict[str, Tensor] = {}
-    for key, value in old_state.items():
+    for key, value in old_state.items():  # loading copies, so the model's tensors can be passed as they are
         if not key.startswith("image_encoder.blocks."):
-            state[key] = value.detach().clone()
+            state[key] = value
     for n, (src, new) in enumerate(order):
         prefix = f"image_encoder.blocks.{src}."
         for key in (k for k in old_state if k.startswith(prefix)):
-            value = old_state[key].detach().clone()
+            value = old_state[key]
             name = key[len(prefix):]
             if new and name.startswith(("attn.proj.", "mlp.lin2.")):  # the residual branch's last layers
                 value = torch.zeros_like(value)
