@@ -252,3 +252,21 @@ def test_decode_image_equals_read_image_of_the_same_bytes(tmp_path):
     assert np.array_equal(io.decode_image(path.read_bytes()), io.read_image(path))
     with pytest.raises(ValueError, match="cannot read image upload.bin: not a recognised image format"):
         io.decode_image(b"not an image", name="upload.bin")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+    import os
+
+    from promptseg.fileio import atomic_write
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    written = tmp_path / "out.txt"
+    atomic_write(written, lambda tmp: open(tmp, "w").write("y"))
+    assert written.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not mkstemp's 0o600
+    io.save_mask_png(np.ones((4, 4), bool), tmp_path / "mask.png")
+    assert (tmp_path / "mask.png").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    os.chmod(written, 0o640)  # a file replaced keeps its mode
+    atomic_write(written, lambda tmp: open(tmp, "w").write("z"))
+    assert written.stat().st_mode & 0o777 == 0o640 and written.read_text() == "z"
