@@ -11,9 +11,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -44,14 +45,17 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, Tensor], Optional[Dict[st
             f"cannot read checkpoint {path}: it is corrupt, truncated, or not a weights-only PyTorch file "
             f"({type(err).__name__}); promptseg never unpickles arbitrary objects"
         ) from err
+    config = None
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):  # common training-checkpoint wrappers
             if key in obj and isinstance(obj[key], Mapping):
+                if isinstance(obj.get("model_config"), Mapping):  # promptseg training checkpoints carry it
+                    config = dict(obj["model_config"])
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
-    return dict(obj), None
+    return dict(obj), config
 
 
 def _read_safetensors(path: Path) -> Tuple[Dict[str, Tensor], Optional[Dict[str, Any]]]:
@@ -108,3 +112,51 @@ def save_safetensors(
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     metadata = {CONFIG_KEY: json.dumps(dict(config), sort_keys=True), FORMAT_KEY: fmt}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def average_state_dicts(
+    states: Iterable[Tuple[str, Mapping[str, Tensor]]], weights: Sequence[float]
+) -> Dict[str, Tensor]:
+    """The weighted mean of state dicts with the same keys and shapes: a "model soup", or stochastic weight
+    averaging from a run's saved checkpoints.
+
+    ``states`` yields ``(name, state_dict)`` pairs (``name`` for error messages), consumed one at a time, so
+    only the running sum and one state dict are in memory; ``weights`` holds one finite weight > 0 per state
+    (normalised here). Floating-point tensors are summed in float64 and returned in the first state's dtype;
+    other tensors (integer buffers) must be equal in every state and are returned as they are. A state whose
+    keys, shapes or integer tensors differ from the first's raises ``ValueError`` naming it and the keys.
+    """
+    weights = [float(w) for w in weights]
+    if not weights:
+        raise ValueError("weights: expected one weight per state dict, got none")
+    if not all(math.isfinite(w) and w > 0 for w in weights):
+        raise ValueError(f"weights must be finite and > 0, got {weights}")
+    total = sum(weights)
+    sums: Dict[str, Tensor] = {}
+    first: Dict[str, Tensor] = {}
+    count = 0
+    for name, state in states:
+        if count == len(weights):
+            raise ValueError(f"weights: {len(weights)} weights for more state dicts ({name} is one too many)")
+        weight = weights[count]
+        if count == 0:
+            first = {k: v.detach() for k, v in state.items()}
+        else:
+            missing, unexpected = sorted(set(first) - set(state)), sorted(set(state) - set(first))
+            shapes = sorted(k for k in set(first) & set(state) if state[k].shape != first[k].shape)
+            if missing or unexpected or shapes:
+                raise ValueError(
+                    f"{name} does not match the first state dict: missing {missing[:5]}, unexpected "
+                    f"{unexpected[:5]}, other shapes {shapes[:5]}"
+                )
+            fixed = sorted(k for k, v in first.items() if not v.is_floating_point() and not torch.equal(state[k], v))
+            if fixed:
+                raise ValueError(f"{name}: non-floating tensors differ from the first state dict's: {fixed[:5]}")
+        for key, value in state.items():
+            if value.is_floating_point():
+                term = value.detach().double() * (weight / total)
+                sums[key] = term if count == 0 else sums[key].add_(term)
+        count += 1
+    if count != len(weights):
+        raise ValueError(f"weights: {len(weights)} weights for {count} state dicts")
+    return {k: sums[k].to(v.dtype) if k in sums else v for k, v in first.items()}

@@ -4,6 +4,7 @@ Commands::
 
     promptseg segment IMAGE --point X,Y[,LABEL] ... --box X0,Y0,X1,Y1 ... -o OUT [--checkpoint CKPT]
     promptseg convert SRC.pth DST.safetensors [--model-type vit_b|vit_l|vit_h] [--patch-size N] [--insert-blocks I,...]
+    promptseg average SRC SRC ... -o DST.safetensors [--weights W W ...] [--model-type vit_b|vit_l|vit_h]
     promptseg info CKPT [--json]
     promptseg demo [-o OUTDIR] [--checkpoint CKPT]
 
@@ -191,6 +192,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser(
+        "average",
+        help="average the weights of SAM checkpoints (a model soup, or weight averaging of a run's checkpoints)",
+        description="Write the weighted mean of the weights of SAM checkpoints fine-tuned from one start — the "
+        "step_*.pt checkpoints of a training run, the ends of several training cycles — to one promptseg "
+        ".safetensors file. The architecture comes from the promptseg files among the sources (they must "
+        "agree), else from --model-type, else it is inferred from the weights.",
+    )
+    p.add_argument("src", metavar="SRC", nargs="+", help="checkpoints: promptseg .safetensors, official .pth, "
+                   "promptseg training checkpoints (step_*.pt)")
+    p.add_argument("-o", "--output", required=True, metavar="DST", help="output file (.safetensors)")
+    p.add_argument("--weights", type=number_type(float, 0.0, strict=True), nargs="+", metavar="W",
+                   help="one weight > 0 per SRC (default: equal), normalised to sum 1")
+    p.add_argument("--model-type", choices=MODEL_TYPES, help="official architecture (default: from the files)")
+    p.set_defaults(func=cmd_average)
+
+    p = sub.add_parser(
         "info",
         help="show the config and size of a checkpoint",
         description="Print the architecture of a checkpoint (embedded in promptseg files, inferred from the "
@@ -314,13 +331,15 @@ def _read_checkpoint_summary(path: Path) -> Tuple[Any, str, int, List[str], str]
             except (json.JSONDecodeError, TypeError, ValueError) as err:
                 raise CheckpointError(f"checkpoint {path} has an invalid embedded config: {err}") from err
             return config, "embedded in the file", count, dtypes, "promptseg safetensors"
-        state, _ = read_state_dict(path)
+        state, stored = read_state_dict(path)
         fmt = "safetensors without a promptseg config"
     else:
-        state, _ = read_state_dict(path)
+        state, stored = read_state_dict(path)
         fmt = "PyTorch state dict (official SAM layout)"
     count = sum(int(t.numel()) for t in state.values())
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in state.values()})
+    if stored is not None:  # a promptseg training checkpoint (step_*.pt)
+        return SamConfig.from_dict(stored), "embedded in the file", count, dtypes, "promptseg training checkpoint"
     config = infer_sam_config(state)
     return config, "inferred from the weights; decoder heads assumed 8", count, dtypes, fmt
 
@@ -437,6 +456,32 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.insert_blocks is not None:
         source += f", {len(args.insert_blocks)} identity-initialised encoder blocks inserted"
     for line in describe_config(config, source):
+        print(line)
+    return 0
+
+
+def cmd_average(args: argparse.Namespace) -> int:
+    from promptseg.models.sam.weights import average_checkpoints
+
+    sources, dst = [Path(s) for s in args.src], Path(args.output)
+    if len(sources) < 2:
+        raise ValueError("SRC: give at least two checkpoints to average")
+    for src in sources:
+        if not src.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {src}")
+    if dst.suffix != ".safetensors":
+        raise ValueError(f"DST {dst} must end in .safetensors (promptseg picks the reader from the file extension)")
+    if dst.exists() and any(dst.resolve() == src.resolve() for src in sources):
+        raise ValueError(f"DST {dst} is one of the sources; choose another path")
+    if args.weights is not None and len(args.weights) != len(sources):
+        raise ValueError(f"--weights: {len(args.weights)} weights for {len(sources)} checkpoints")
+    config = average_checkpoints(sources, dst, weights=args.weights, config=args.model_type)
+    weights = args.weights or [1.0] * len(sources)
+    total = sum(weights)
+    print(f"averaged {len(sources)} checkpoints -> {dst} ({_human_bytes(dst.stat().st_size)})")
+    for src, weight in zip(sources, weights):
+        print(f"  {weight / total:.4f}  {src}")
+    for line in describe_config(config, f"--model-type {args.model_type}" if args.model_type else "from the sources"):
         print(line)
     return 0
 

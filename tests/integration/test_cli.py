@@ -195,6 +195,39 @@ def test_convert_inserting_encoder_blocks(files, capsys, tmp_path):
         assert not out.exists()
 
 
+def test_average_writes_the_weighted_mean_and_checks_its_arguments(files, capsys, tmp_path):
+    model = load_sam(files["ckpt"])
+    with torch.no_grad():
+        shifted = {k: v + 1.0 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save({"model": shifted, "model_config": model.config.to_dict()}, tmp_path / "step_00000002.pt")
+    code, stdout, err = run(capsys, "info", tmp_path / "step_00000002.pt")
+    assert code == 0 and "promptseg training checkpoint" in stdout and "embedded in the file" in stdout, err
+    dst = tmp_path / "avg.safetensors"
+    code, stdout, err = run(capsys, "average", files["ckpt"], tmp_path / "step_00000002.pt", "-o", dst,
+                            "--weights", "3", "1")
+    assert code == 0, err
+    assert "averaged 2 checkpoints" in stdout and "0.7500" in stdout and "config from the sources" in stdout
+    avg = load_sam(dst)
+    assert avg.config == model.config
+    for name, value in model.state_dict().items():
+        expected = value + 0.25 if value.is_floating_point() else value
+        assert torch.allclose(avg.state_dict()[name], expected, atol=1e-6), name
+    for args, message in [
+        ((files["ckpt"],), "at least two"),
+        ((files["ckpt"], files["ckpt"], "--weights", "1"), "1 weights for 2"),
+        ((files["ckpt"], files["ckpt"], "--weights", "1", "0"), "> 0"),
+        ((files["ckpt"], tmp_path / "missing.pt"), "not found"),
+    ]:
+        out = tmp_path / "bad.safetensors"
+        code, _, err = run(capsys, "average", *args, "-o", out)
+        assert code == 2 and message in err and "Traceback" not in err, err
+        assert not out.exists()
+    code, _, err = run(capsys, "average", files["ckpt"], dst, "-o", dst)
+    assert code == 2 and "one of the sources" in err
+    code, _, err = run(capsys, "average", files["ckpt"], dst, "-o", tmp_path / "avg.pth")
+    assert code == 2 and ".safetensors" in err
+
+
 # --------------------------------------------------------------------------------------------- eval
 def test_eval_on_an_sa1b_folder_writes_a_report(files, capsys, tmp_path):
     """The committed eval command of the model card, on two tiny SA-1B-layout images."""

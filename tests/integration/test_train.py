@@ -123,6 +123,53 @@ def test_a_run_extended_with_later_milestones_equals_a_run_started_with_them(tmp
     assert [float(r["lr"]) for r in read_metrics(short)][-2:] == [r["lr"] for r in reference.history][-2:]
 
 
+def test_uniform_weight_average_exports_the_mean_of_the_steps_after_its_start(tmp_path):
+    from promptseg import load_sam
+    from promptseg.checkpoint import read_state_dict
+
+    result = train(make_config(tmp_path, average="uniform", average_start=1, checkpoint_every=1, keep_checkpoints=0))
+    assert result.model_path == tmp_path / "model.safetensors"
+    assert result.raw_model_path == tmp_path / "model_raw.safetensors"
+    saved = [torch.load(p, weights_only=True) for p in list_checkpoints(tmp_path)]
+    assert [c["step"] for c in saved] == [1, 2, 3, 4] and saved[-1]["average"]["count"] == 3
+    assert saved[0]["model_config"] == load_sam(result.model_path).config.to_dict()
+    averaged, raw = read_state_dict(result.model_path)[0], read_state_dict(result.raw_model_path)[0]
+    for name, value in averaged.items():
+        assert torch.equal(raw[name], saved[-1]["model"][name]), name
+        if value.is_floating_point():
+            mean = sum(c["model"][name].double() for c in saved[1:]) / 3  # the weights after steps 2, 3, 4
+            assert torch.allclose(value.double(), mean, atol=1e-6), name
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged)
+
+
+def test_ema_weight_average_survives_a_resume_exactly(tmp_path):
+    from promptseg.checkpoint import read_state_dict
+    from promptseg.train.cli import main
+
+    changes = {"average": "ema", "average_decay": 0.5, "max_steps": 5}
+    train(make_config(tmp_path / "full", **changes))
+    interrupted = tmp_path / "interrupted"
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(config_dict(interrupted, **changes)))
+    assert main([str(path), "--max-steps", "2"]) == 0
+    assert main([str(path), "--resume"]) == 0
+    for name in ("model.safetensors", "model_raw.safetensors"):
+        a, b = read_state_dict(tmp_path / "full" / name)[0], read_state_dict(interrupted / name)[0]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    # resuming with other averaging settings is refused, naming the setting
+    path.write_text(json.dumps(config_dict(interrupted, **{**changes, "average_decay": 0.9, "max_steps": 6})))
+    with pytest.raises(ValueError, match="average_decay"):
+        Trainer(TrainConfig.from_json(path), resume=True)
+
+
+def test_weight_average_settings_are_checked():
+    for changes, match in [({"average": "swa"}, "average must be one of"),
+                           ({"average": "ema", "average_decay": 1.0}, "average_decay"),
+                           ({"average": "uniform", "average_start": 4}, "below max_steps")]:
+        with pytest.raises(ValueError, match=match):
+            make_config(Path("unused"), **changes)
+
+
 def test_fresh_run_refuses_an_output_directory_with_checkpoints(tmp_path):
     train(make_config(tmp_path, max_steps=2))
     with pytest.raises(ValueError, match="--resume"):

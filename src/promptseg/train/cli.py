@@ -77,9 +77,11 @@ def run_training(config: Any, args: argparse.Namespace, train_fn: Any) -> int:
         last = result.history[-1] if result.history else None
         summary = f"loss {last['loss']:.4f}, mIoU {last['miou']:.3f}, " if last else ""
         stopped = "; time limit reached: continue with --resume" if getattr(result, "time_limited", False) else ""
+        raw = getattr(result, "raw_model_path", None)
+        averaged = f" (weight average; last weights: {raw})" if raw is not None else ""
         print(
             f"trained to step {result.steps} ({summary}{result.steps_per_second:.2f} steps/s); "
-            f"model: {result.model_path}{stopped}"
+            f"model: {result.model_path}{averaged}{stopped}"
         )
     return 0
 

@@ -22,6 +22,17 @@ from promptseg.config_utils import check_unknown_keys
 
 MODES = ("full", "decoder", "decoder+prompt")
 LOSS_RESOLUTIONS = ("input", "low_res")
+AVERAGES = ("ema", "uniform")
+
+
+def check_average(kind: Optional[str], decay: float, start: int) -> None:
+    """Raise ``ValueError`` for an unknown ``kind``, a ``decay`` outside (0, 1) or a negative ``start``."""
+    if kind is not None and kind not in AVERAGES:
+        raise ValueError(f"average must be one of {AVERAGES} (or null for none), got {kind!r}")
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"average_decay must be in (0, 1), got {decay}")
+    if int(start) < 0:
+        raise ValueError(f"average_start must be ≥ 0, got {start}")
 
 
 def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
@@ -143,6 +154,13 @@ class LoopConfig:
     grad_accum: int = 1
     clip_grad_norm: Optional[float] = None
     bf16: bool = False
+    #: Weight averaging (promptseg.train.averaging): None, "ema" (exponential moving average, weight
+    #: ``1 - average_decay`` per step) or "uniform" (the mean of the weights after every step from
+    #: ``average_start`` on: stochastic weight averaging). The run's model.safetensors is then the
+    #: average, model_raw.safetensors the optimiser's last weights.
+    average: Optional[str] = None
+    average_decay: float = 0.999
+    average_start: int = 0
 
     # bookkeeping
     checkpoint_every: int = 1000
@@ -166,6 +184,9 @@ class LoopConfig:
         need(self.drop_path is None or 0.0 <= self.drop_path < 1.0, "drop_path must be in [0, 1)")
         need(list(self.milestones) == sorted(self.milestones), "milestones must be increasing")
         need(self.clip_grad_norm is None or self.clip_grad_norm > 0, "clip_grad_norm must be positive (or null)")
+        check_average(self.average, self.average_decay, self.average_start)
+        need(self.average is None or self.average_start < self.max_steps,
+             f"average_start ({self.average_start}) must be below max_steps ({self.max_steps}): nothing would be averaged")
 
     # ------------------------------------------------------------------------------------- (de)serialisation
     @classmethod

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from promptseg.fileio import atomic_write
+from promptseg.train.averaging import WeightAverage
 from promptseg.train.config import TrainConfig
 from promptseg.train.datasets import build_dataset
 from promptseg.train.losses import SamLoss, iou_of
@@ -403,7 +404,8 @@ class TrainResult:
     steps: int  # optimiser steps completed (in all, including those before a resume)
     history: List[Dict[str, float]] = field(default_factory=list)  # one row per step run here
     out_dir: Optional[Path] = None
-    model_path: Optional[Path] = None
+    model_path: Optional[Path] = None  # the model the run produced (the weight average, when the config keeps one)
+    raw_model_path: Optional[Path] = None  # with weight averaging: the optimiser's last weights
     last_checkpoint: Optional[Path] = None
     seconds: float = 0.0
     steps_per_second: float = 0.0
@@ -521,6 +523,10 @@ class Trainer:
         self.batch_in_epoch = 0
         self.trainable = [p for p in self.network.parameters() if p.requires_grad]
         self._writer: Any = None
+        cfg = self.config
+        self.average: Optional[WeightAverage] = (
+            WeightAverage(cfg.average, cfg.average_decay, cfg.average_start) if cfg.average else None
+        )
 
         if self.resume_from is not None:
             self._load(self.resume_from)
@@ -558,6 +564,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self._apply_schedule()
+        if self.average is not None:
+            if "average" in state:
+                self.average.load_state_dict(state["average"], device=self.device)
+            else:
+                logger.warning("%s holds no weight average: averaging starts afresh from step %d", path, int(state["step"]))
         self.step = int(state["step"])
         self.epoch = int(state["data"]["epoch"])
         self.batch_in_epoch = int(state["data"]["batch"])
@@ -601,6 +612,11 @@ class Trainer:
                 "data": {"epoch": self.epoch, "batch": self.batch_in_epoch},
                 "rng": all_rng,
             }
+            model_config = getattr(self.network, "config", None)
+            if hasattr(model_config, "to_dict"):  # so that the file alone rebuilds its model (promptseg average)
+                state["model_config"] = model_config.to_dict()
+            if self.average is not None:
+                state["average"] = self.average.state_dict()
             atomic_write(path, lambda tmp: torch.save(state, tmp))
             keep = self.config.keep_checkpoints
             if keep:
@@ -694,6 +710,8 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
+        if self.average is not None:
+            self.average.update(self.network, self.step)
         metrics = sums / cfg.grad_accum
         if self.dist.enabled:
             dist.all_reduce(metrics)
@@ -747,7 +765,16 @@ class Trainer:
         result.last_checkpoint = last_saved
         if self.dist.is_main:
             result.model_path = self.out_dir / "model.safetensors"
-            self.export_model(result.model_path)
+            if self.average is not None and self.average.count:
+                result.raw_model_path = self.out_dir / "model_raw.safetensors"
+                self.export_model(result.raw_model_path)
+                with self.average.swapped_in(self.network):
+                    self.export_model(result.model_path)
+            else:
+                if self.average is not None:
+                    logger.warning("no step averaged yet (averaging starts after step %d): %s holds the "
+                                   "optimiser's weights", self.average.start, result.model_path)
+                self.export_model(result.model_path)
         if self.dist.enabled:
             dist.barrier()
         return result

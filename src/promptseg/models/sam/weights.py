@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -12,6 +13,7 @@ from torch import Tensor
 from promptseg.checkpoint import (
     CheckpointError,
     PathLike,
+    average_state_dicts,
     load_state_dict_strict,
     read_state_dict,
     save_safetensors,
@@ -22,6 +24,7 @@ from promptseg.models.sam.config import ImageEncoderConfig, MaskDecoderConfig, P
 from promptseg.models.sam.sam import Sam
 
 FORMAT = "promptseg-sam"
+logger = logging.getLogger(__name__)
 
 
 def _count(state: Mapping[str, Tensor], prefix: str) -> int:
@@ -233,3 +236,50 @@ def convert_checkpoint(
         model = with_inserted_blocks(model, insert_blocks)
     save_sam(model, dst)
     return model.config
+
+
+def average_checkpoints(
+    sources: Sequence[PathLike],
+    dst: PathLike,
+    weights: Optional[Sequence[float]] = None,
+    config: Optional[Union[SamConfig, str]] = None,
+) -> SamConfig:
+    """Write the weighted mean of the SAM checkpoints ``sources`` to ``dst`` (promptseg safetensors).
+
+    Averaging the weights of models fine-tuned from one start — the checkpoints of a run (stochastic weight
+    averaging after the fact) or the ends of several training cycles (a "model soup") — often gives a model
+    better than each. Sources are any files :func:`load_sam` reads, training checkpoints (``step_*.pt``)
+    included; ``weights`` (default: equal) are normalised. The architecture is ``config``, else the config
+    promptseg files and training checkpoints among the sources embed (they must agree), else inferred from
+    the weights (decoder head count assumed official: a warning says so).
+    Mismatched files raise ``ValueError`` naming the file.
+    """
+    sources = list(sources)
+    if not sources:
+        raise ValueError("sources: give at least one checkpoint to average")
+    weights = [1.0] * len(sources) if weights is None else list(weights)
+    if len(weights) != len(sources):
+        raise ValueError(f"weights: {len(weights)} weights for {len(sources)} checkpoints")
+    embedded: Dict[str, dict] = {}
+
+    def states():
+        for src in sources:
+            state, stored = read_state_dict(src)
+            if stored is not None:
+                embedded[str(src)] = stored
+            yield str(src), state
+
+    averaged = average_state_dicts(states(), weights)
+    if config is None and embedded:
+        (first_name, config), *others = [(name, SamConfig.from_dict(c)) for name, c in embedded.items()]
+        for name, other in others:
+            if other != config:
+                raise ValueError(f"{name} embeds another architecture than {first_name}: not averageable")
+    elif config is None:
+        config = infer_sam_config(averaged)
+        logger.warning("no source embeds its architecture: inferred from the weights, with the official "
+                       "decoder head count (8); pass the config (--model-type) if that is wrong")
+    model = build_sam(config)
+    load_state_dict_strict(model, averaged, source=f"the average of {len(sources)} checkpoints")
+    save_sam(model, dst)
+    return _config_of(model)
