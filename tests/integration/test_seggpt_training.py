@@ -75,6 +75,21 @@ def test_short_run_learns_and_exports_a_loadable_model(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000020.pt"]
 
 
+def test_ema_weight_average_is_exported_beside_the_last_weights(tmp_path):
+    """The loop's weight averaging (promptseg.train.averaging) works for SegGPT as for SAM."""
+    from promptseg.checkpoint import read_state_dict
+    from promptseg.models.seggpt import load_seggpt
+
+    result = train_seggpt(make_config(tmp_path, max_steps=3, average="ema", average_decay=0.5))
+    assert result.raw_model_path == tmp_path / "model_raw.safetensors"
+    averaged, raw = load_seggpt(result.model_path), load_seggpt(result.raw_model_path)
+    last = torch.load(list_checkpoints(tmp_path)[-1], weights_only=True)
+    assert last["average"]["count"] == 3 and last["model_config"] == averaged.config.to_dict()
+    assert all(torch.equal(raw.state_dict()[k], v) for k, v in last["model"].items())
+    assert any(not torch.equal(averaged.state_dict()[k], v) for k, v in last["model"].items())
+    assert read_state_dict(result.model_path)[1] is not None  # its config embedded, like any export
+
+
 def test_kill_and_resume_gives_the_identical_next_step_loss(tmp_path):
     from promptseg.train.seggpt_cli import main
 
