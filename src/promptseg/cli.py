@@ -4,7 +4,7 @@ Commands::
 
     promptseg segment IMAGE --point X,Y[,LABEL] ... --box X0,Y0,X1,Y1 ... -o OUT [--checkpoint CKPT]
     promptseg convert SRC.pth DST.safetensors [--model-type vit_b|vit_l|vit_h] [--patch-size N] [--insert-blocks I,...]
-    promptseg average SRC SRC ... -o DST.safetensors [--weights W W ...] [--model-type vit_b|vit_l|vit_h]
+    promptseg average SRC SRC ... -o DST.safetensors [--weights W W ...] [--model-type vit_b|vit_l|vit_h | --config-from CKPT]
     promptseg info CKPT [--json]
     promptseg demo [-o OUTDIR] [--checkpoint CKPT]
 
@@ -204,7 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="DST", help="output file (.safetensors)")
     p.add_argument("--weights", type=number_type(float, 0.0, strict=True), nargs="+", metavar="W",
                    help="one weight > 0 per SRC (default: equal), normalised to sum 1")
-    p.add_argument("--model-type", choices=MODEL_TYPES, help="official architecture (default: from the files)")
+    arch = p.add_mutually_exclusive_group()
+    arch.add_argument("--model-type", choices=MODEL_TYPES, help="official architecture (default: from the files)")
+    arch.add_argument("--config-from", metavar="CKPT",
+                      help="take the architecture from CKPT, a promptseg .safetensors or training checkpoint that "
+                      "embeds it (its weights are not averaged): for sources that carry none, such as checkpoints "
+                      "written before promptseg stored it in them")
     p.set_defaults(func=cmd_average)
 
     p = sub.add_parser(
@@ -475,13 +480,19 @@ def cmd_average(args: argparse.Namespace) -> int:
         raise ValueError(f"DST {dst} is one of the sources; choose another path")
     if args.weights is not None and len(args.weights) != len(sources):
         raise ValueError(f"--weights: {len(args.weights)} weights for {len(sources)} checkpoints")
-    config = average_checkpoints(sources, dst, weights=args.weights, config=args.model_type)
+    config, origin = args.model_type, f"--model-type {args.model_type}" if args.model_type else "from the sources"
+    if args.config_from is not None:
+        config, how, *_ = _read_checkpoint_summary(Path(args.config_from))
+        if how != "embedded in the file":
+            raise ValueError(f"--config-from: {args.config_from} embeds no architecture (its config would be {how})")
+        origin = f"of {args.config_from}"
+    config = average_checkpoints(sources, dst, weights=args.weights, config=config)
     weights = args.weights or [1.0] * len(sources)
     total = sum(weights)
     print(f"averaged {len(sources)} checkpoints -> {dst} ({_human_bytes(dst.stat().st_size)})")
     for src, weight in zip(sources, weights):
         print(f"  {weight / total:.4f}  {src}")
-    for line in describe_config(config, f"--model-type {args.model_type}" if args.model_type else "from the sources"):
+    for line in describe_config(config, origin):
         print(line)
     return 0
 

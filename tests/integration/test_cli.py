@@ -224,6 +224,18 @@ def test_average_writes_the_weighted_mean_and_checks_its_arguments(files, capsys
         assert not out.exists()
     code, _, err = run(capsys, "average", files["ckpt"], dst, "-o", dst)
     assert code == 2 and "one of the sources" in err
+    # plain state dicts carry no architecture: --config-from names a file that does
+    for name in ("a.pth", "b.pth"):
+        torch.save(model.state_dict(), tmp_path / name)
+    plain = [tmp_path / "a.pth", tmp_path / "b.pth"]
+    code, stdout, err = run(capsys, "average", *plain, "-o", tmp_path / "c.safetensors", "--config-from", files["ckpt"])
+    assert code == 0 and f"config of {files['ckpt']}" in stdout, err
+    assert load_sam(tmp_path / "c.safetensors").config == model.config
+    code, _, err = run(capsys, "average", *plain, "-o", tmp_path / "d.safetensors", "--config-from", plain[0])
+    assert code == 2 and "embeds no architecture" in err and not (tmp_path / "d.safetensors").exists()
+    code, _, err = run(capsys, "average", *plain, "-o", tmp_path / "d.safetensors", "--config-from", files["ckpt"],
+                       "--model-type", "vit_b")
+    assert code == 2 and "not allowed with" in err
     code, _, err = run(capsys, "average", files["ckpt"], dst, "-o", tmp_path / "avg.pth")
     assert code == 2 and ".safetensors" in err
 
