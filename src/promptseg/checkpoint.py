@@ -14,7 +14,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -76,16 +76,22 @@ def _read_safetensors(path: Path) -> Tuple[Dict[str, Tensor], Optional[Dict[str,
     return state, config
 
 
+def key_mismatches(
+    expected: Mapping[str, Tensor], given: Mapping[str, Tensor]
+) -> Tuple[List[str], List[str], List[str]]:
+    """``(missing, unexpected, other_shape)``: the sorted keys of ``expected`` absent from ``given``, those
+    of ``given`` absent from ``expected``, and the shared keys whose tensors differ in shape."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(given) if tuple(expected[k].shape) != tuple(given[k].shape))
+    return missing, unexpected, shapes
+
+
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "checkpoint") -> None:
     """Load ``state_dict`` into ``model``; any missing, unexpected or mis-shaped key is an error naming them."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = sorted(
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state_dict)
-        if tuple(own[k].shape) != tuple(state_dict[k].shape)
-    )
+    missing, unexpected, other_shape = key_mismatches(own, state_dict)
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in other_shape]
     if missing or unexpected or shapes:
         parts = []
         for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
@@ -142,8 +148,7 @@ def average_state_dicts(
         if count == 0:
             first = {k: v.detach() for k, v in state.items()}
         else:
-            missing, unexpected = sorted(set(first) - set(state)), sorted(set(state) - set(first))
-            shapes = sorted(k for k in set(first) & set(state) if state[k].shape != first[k].shape)
+            missing, unexpected, shapes = key_mismatches(first, state)
             if missing or unexpected or shapes:
                 raise ValueError(
                     f"{name} does not match the first state dict: missing {missing[:5]}, unexpected "

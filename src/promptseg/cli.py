@@ -311,6 +311,10 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+#: The ``source`` of :func:`_read_checkpoint_summary` for files that carry their config.
+EMBEDDED_CONFIG = "embedded in the file"
+
+
 def _read_checkpoint_summary(path: Path) -> Tuple[Any, str, int, List[str], str]:
     """``(config, source, parameter count, dtypes, format)`` of a checkpoint, reading as little as possible."""
     from promptseg.checkpoint import CONFIG_KEY, CheckpointError, read_state_dict
@@ -335,7 +339,7 @@ def _read_checkpoint_summary(path: Path) -> Tuple[Any, str, int, List[str], str]
                 config = SamConfig.from_dict(json.loads(metadata[CONFIG_KEY]))
             except (json.JSONDecodeError, TypeError, ValueError) as err:
                 raise CheckpointError(f"checkpoint {path} has an invalid embedded config: {err}") from err
-            return config, "embedded in the file", count, dtypes, "promptseg safetensors"
+            return config, EMBEDDED_CONFIG, count, dtypes, "promptseg safetensors"
         state, stored = read_state_dict(path)
         fmt = "safetensors without a promptseg config"
     else:
@@ -344,7 +348,7 @@ def _read_checkpoint_summary(path: Path) -> Tuple[Any, str, int, List[str], str]
     count = sum(int(t.numel()) for t in state.values())
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in state.values()})
     if stored is not None:  # a promptseg training checkpoint (step_*.pt)
-        return SamConfig.from_dict(stored), "embedded in the file", count, dtypes, "promptseg training checkpoint"
+        return SamConfig.from_dict(stored), EMBEDDED_CONFIG, count, dtypes, "promptseg training checkpoint"
     config = infer_sam_config(state)
     return config, "inferred from the weights; decoder heads assumed 8", count, dtypes, fmt
 
@@ -483,7 +487,7 @@ def cmd_average(args: argparse.Namespace) -> int:
     config, origin = args.model_type, f"--model-type {args.model_type}" if args.model_type else "from the sources"
     if args.config_from is not None:
         config, how, *_ = _read_checkpoint_summary(Path(args.config_from))
-        if how != "embedded in the file":
+        if how != EMBEDDED_CONFIG:
             raise ValueError(f"--config-from: {args.config_from} embeds no architecture (its config would be {how})")
         origin = f"of {args.config_from}"
     config = average_checkpoints(sources, dst, weights=args.weights, config=config)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from promptseg.train.config import check_average
 
+
 class WeightAverage:
     """A running average of ``network``'s floating-point state (see the module docstring).
 
