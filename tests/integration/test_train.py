@@ -258,13 +258,14 @@ def test_time_limit_stops_with_a_checkpoint_and_resume_finishes_the_same_run(tmp
     assert main([str(path), "--time-limit", "0"]) == 2  # must be positive
 
 
-def test_round_backward_gives_the_standard_gradients(tmp_path):
+@pytest.mark.parametrize("first_round_weight", [1.0, 3.0])
+def test_round_backward_gives_the_standard_gradients(tmp_path, first_round_weight):
     """Back-propagating each round at once (``round_backward``) changes memory, not the gradients."""
     from promptseg.train.trainer import SamTrainingModel, TrainSamples, build_model, collate_train
     from promptseg.train.datasets import build_dataset
 
     cfg = make_config(tmp_path, dataset={"type": "synthetic-shapes", "num_images": 2}, batch_size=2,
-                      masks_per_image=3, rounds=5, drop_path=0.0)
+                      masks_per_image=3, rounds=5, drop_path=0.0, first_round_weight=first_round_weight)
     samples = TrainSamples(build_dataset(cfg.dataset.type, cfg.dataset.options), 64, 3, 0.9, 0)
     batch = collate_train([samples[(0, 0)], samples[(0, 1)]])
     grads, losses = [], []

@@ -136,3 +136,28 @@ def test_same_generator_same_loss():
     b = model(generator=torch.Generator().manual_seed(7), **batch)["loss"]
     c = model(generator=torch.Generator().manual_seed(8), **batch)["loss"]
     assert a.item() == b.item() and a.item() != c.item()
+
+
+@pytest.mark.parametrize("weight", [1.0, 3.0])
+def test_first_round_weight_is_a_weighted_mean_over_rounds(monkeypatch, weight):
+    """``loss`` = Σ w_r·L_r / Σ w_r with w_0 = ``first_round_weight``; the reported parts stay plain means."""
+    torch.manual_seed(0)
+    cfg = make_config(first_round_weight=weight, drop_path=0.0)
+    model = SamTrainingModel(build_model(cfg), cfg)
+    rounds = []
+    criterion = model.criterion.forward
+
+    def spy_loss(*args, **kw):
+        out = criterion(*args, **kw)
+        rounds.append((out.loss.item(), out.focal.item()))
+        return out
+
+    monkeypatch.setattr(model.criterion, "forward", spy_loss)
+    out = model(generator=torch.Generator().manual_seed(4), **make_batch(cfg))
+    losses = [loss for loss, _ in rounds]
+    assert len(losses) == 11
+    expected = (weight * losses[0] + sum(losses[1:])) / (weight + 10)
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-6)
+    assert out["focal"].item() == pytest.approx(sum(f for _, f in rounds) / 11, rel=1e-6)
+    with pytest.raises(ValueError, match="first_round_weight"):
+        make_config(first_round_weight=0.0)

@@ -258,6 +258,10 @@ class TrainConfig(LoopConfig):
     iou_weight: float = 1.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    #: Weight of the first round's loss (the initial point or box) against each later round's weight of 1:
+    #: the loss is ``Σ_r w_r·L_r / Σ_r w_r``. 1.0 is §A's plain mean over rounds; more puts the gradient
+    #: on the one-prompt masks that the 1-point and box evaluations score.
+    first_round_weight: float = 1.0
 
     def __post_init__(self) -> None:
         def need(cond: bool, message: str) -> None:
@@ -271,6 +275,7 @@ class TrainConfig(LoopConfig):
         need(0.0 < self.max_mask_area <= 1.0, "max_mask_area must be in (0, 1]")
         need(0.0 <= self.min_mask_area < self.max_mask_area, "min_mask_area must be in [0, max_mask_area)")
         need(0.0 <= self.box_probability <= 1.0, "box_probability must be in [0, 1]")
+        need(self.first_round_weight > 0.0, f"first_round_weight must be > 0, got {self.first_round_weight}")
         need(self.detach_mask_prompt or not self.round_backward,
              "round_backward needs detach_mask_prompt (a round's mask prompt must not carry gradients to the last)")
         super().__post_init__()

@@ -209,6 +209,7 @@ class SamTrainingModel(nn.Module):
         self.box_noise_max = config.box_noise_max
         self.detach_mask_prompt = config.detach_mask_prompt
         self.loss_resolution = config.loss_resolution
+        self.first_round_weight = config.first_round_weight
         self.frozen = frozen_parts(config.mode)
         for name in self.frozen:
             getattr(sam, name).requires_grad_(False)
@@ -244,7 +245,8 @@ class SamTrainingModel(nn.Module):
             image_indices: ``B`` long, the image of every mask.
             generator: the source of every random draw of the prompt simulation.
         Returns:
-            scalars ``loss`` (to back-propagate), ``focal``, ``dice``, ``iou_mse`` (means over rounds
+            scalars ``loss`` (to back-propagate: the mean over masks and rounds, the first round
+            weighted by ``first_round_weight``), ``focal``, ``dice``, ``iou_mse`` (plain means over rounds
             and masks) and ``miou`` (IoU with the GT of the mask passed on by each round; no gradient).
         """
         sam = self.sam
@@ -272,6 +274,8 @@ class SamTrainingModel(nn.Module):
 
         image_pe = sam.prompt_encoder.get_dense_pe()
         kinds = round_schedule(self.rounds, generator)
+        weights = [self.first_round_weight] + [1.0] * (len(kinds) - 1)
+        weight_sum = sum(weights)
         first = initial_prompts(targets, valid, generator, self.box_probability, self.box_noise_std, self.box_noise_max)
         clicks = first.coords.new_zeros((b, 0, 2))
         click_labels = first.labels.new_zeros((b, 0))
@@ -280,7 +284,7 @@ class SamTrainingModel(nn.Module):
         rows = torch.arange(b, device=targets.device)
         totals = {k: torch.zeros((), device=targets.device) for k in METRIC_NAMES}
 
-        for kind in kinds:
+        for kind, weight in zip(kinds, weights):
             if kind == POINT:  # correction click(s) from the previous round's error region
                 new_coords, new_labels = error_points(prediction, targets, valid, generator, self.points_per_round)
                 clicks = torch.cat([clicks, new_coords], dim=1)
@@ -305,9 +309,12 @@ class SamTrainingModel(nn.Module):
                 full = F.interpolate(logits.detach()[:, None].float(), size, mode="bilinear", align_corners=False)[:, 0]
                 prediction = full > 0
                 totals["miou"] = totals["miou"] + iou_of(full, targets, valid).mean()
+            loss = out.loss * (weight * len(kinds) / weight_sum)  # its mean over rounds is the weighted mean
             if backward_scale is not None:
-                self._backward(out.loss * (backward_scale / len(kinds)))
-            for key in ("loss", "focal", "dice", "iou_mse"):
+                self._backward(loss * (backward_scale / len(kinds)))
+                loss = loss.detach()
+            totals["loss"] = totals["loss"] + loss
+            for key in ("focal", "dice", "iou_mse"):
                 value = getattr(out, key)
                 totals[key] = totals[key] + (value.detach() if backward_scale is not None else value)
 
