@@ -274,8 +274,10 @@ class SamTrainingModel(nn.Module):
 
         image_pe = sam.prompt_encoder.get_dense_pe()
         kinds = round_schedule(self.rounds, generator)
+        # per-round loss weights averaging 1, so the mean over rounds below is Σ w_r·L_r / Σ w_r
         weights = [self.first_round_weight] + [1.0] * (len(kinds) - 1)
-        weight_sum = sum(weights)
+        norm = len(kinds) / sum(weights)
+        weights = [w * norm for w in weights]
         first = initial_prompts(targets, valid, generator, self.box_probability, self.box_noise_std, self.box_noise_max)
         clicks = first.coords.new_zeros((b, 0, 2))
         click_labels = first.labels.new_zeros((b, 0))
@@ -309,7 +311,7 @@ class SamTrainingModel(nn.Module):
                 full = F.interpolate(logits.detach()[:, None].float(), size, mode="bilinear", align_corners=False)[:, 0]
                 prediction = full > 0
                 totals["miou"] = totals["miou"] + iou_of(full, targets, valid).mean()
-            loss = out.loss * (weight * len(kinds) / weight_sum)  # its mean over rounds is the weighted mean
+            loss = out.loss * weight
             if backward_scale is not None:
                 self._backward(loss * (backward_scale / len(kinds)))
                 loss = loss.detach()
