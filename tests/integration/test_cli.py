@@ -254,19 +254,41 @@ def test_eval_on_an_sa1b_folder_writes_a_report(files, capsys, tmp_path):
         image = np.full((64, 80, 3), 40, np.uint8)
         image[disk], image[square] = (220, 60, 30), (30, 200, 90)
         Image.fromarray(image).save(root / f"sa_{i}.jpg", quality=95)
-        write_sa1b_json(root / f"sa_{i}.json", i, f"sa_{i}.jpg", [disk, square, np.zeros_like(disk)])
+        window = square & (xx > 60) & (xx < 70)  # a part of the square (Fig. 3's nesting)
+        write_sa1b_json(root / f"sa_{i}.json", i, f"sa_{i}.jpg", [disk, square, np.zeros_like(disk), window],
+                        extra=[{}, {}, {}, {"parent": 2}])
     report = tmp_path / "report.json"
     code, stdout, err = run(capsys, "eval", root, "--checkpoint", files["ckpt"], "--max-clicks", "3",
                             "--min-area-fraction", "0.01", "-o", report)
     assert code == 0, err
-    assert "masks evaluated: 4" in stdout  # the empty masks are below the area floor
+    assert "masks evaluated: 6" in stdout  # the empty masks are below the area floor
     for label in ("1-point mIoU (top-1)", "box mIoU", "filled-box baseline", "GrabCut baseline", "NoC@85"):
         assert label in stdout
     doc = json.loads(report.read_text())
-    assert doc["summary"]["masks"] == 4 and len(doc["records"]) == 4
+    assert doc["summary"]["masks"] == 6 and len(doc["records"]) == 6
     rec = doc["records"][1]  # the square: its filled box is itself
     assert rec["box_fill"] == 1.0 and len(rec["clicks_iou"]) == 3
     assert 0.7 < doc["records"][0]["box_fill"] < 0.85  # a disk fills π/4 of its box
+    assert [(r["image_id"], r["mask_index"], r["part"]) for r in doc["records"]] == [
+        ("0", 0, False), ("0", 1, False), ("0", 3, True), ("1", 0, False), ("1", 1, False), ("1", 3, True)]
+
+    # the same masks again, compared mask by mask: every difference is 0
+    code, stdout, err = run(capsys, "eval-compare", report, report, "--by", "part", "-o", tmp_path / "cmp.json")
+    assert code == 0, err
+    assert "paired (6 masks" in stdout and "part = part (2 masks" in stdout and "part = whole (4 masks" in stdout
+    cmp = json.loads((tmp_path / "cmp.json").read_text())
+    assert set(cmp["groups"]) == {"all", "whole", "part"}
+    assert all(row["diff"] == 0.0 for rows in cmp["groups"].values() for row in rows)
+    code, stdout, err = run(capsys, "eval-compare", report)  # one report: the box against its baselines
+    assert code == 0, err
+    assert "box mIoU vs GrabCut" in stdout and "box mIoU vs the filled box" in stdout
+    assert "masks evaluated: 6" in stdout and "mIoU after 3 clicks" in stdout  # and its summary, as `eval` prints it
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(dict(doc, records=doc["records"][:5])))
+    for argv, message in (((report, other), "different masks"), ((report, report, report), "one or two reports"),
+                          ((tmp_path / "none.json",), "none.json"), ((report, "--by", "name"), "no 'name'")):
+        code, _, err = run(capsys, "eval-compare", *argv)
+        assert code == 2 and message in err and "Traceback" not in err
     code, _, err = run(capsys, "eval", tmp_path / "missing", "--checkpoint", files["ckpt"])
     assert code == 2 and "missing" in err and "Traceback" not in err
 

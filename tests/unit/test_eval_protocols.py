@@ -125,3 +125,21 @@ def test_evaluate_skips_masks_below_the_area_limits():
     assert count(EvalConfig(grabcut=False, max_clicks=2, min_area=1, min_area_fraction=fraction / 2)) == 1
     with pytest.raises(ValueError, match="no masks"):
         count(EvalConfig(grabcut=False, max_clicks=2, min_area=1, min_area_fraction=fraction * 2))
+
+
+def test_records_name_their_masks():
+    """Each record says which mask it is (so reports compare mask by mask) and, where the item says, its kind."""
+    big = rect()
+    inner = np.zeros_like(big)
+    inner[12:20, 22:30] = True
+    tiny = np.zeros_like(big)
+    tiny[0, 0] = True  # below the 16-px floor: skipped, yet the indices keep counting it
+    item = {"image": np.zeros((*big.shape, 3), np.uint8), "masks": np.stack([tiny, big, inner]), "image_id": "7",
+            "names": ["dot", "box", "window"], "parents": [-1, -1, 1]}
+    _, recs = evaluate(OraclePredictor(big), [item], EvalConfig(grabcut=False, max_clicks=2), progress=False)
+    assert [(r["image_id"], r["mask_index"], r["name"], r["part"]) for r in recs] == [("7", 1, "box", False),
+                                                                                      ("7", 2, "window", True)]
+    assert recs[1]["area_fraction"] == pytest.approx(64 / big.size)
+    _, plain = evaluate(OraclePredictor(big), [{"image": item["image"], "masks": big[None]}],
+                        EvalConfig(grabcut=False, max_clicks=2), progress=False)
+    assert plain[0]["mask_index"] == 0 and "part" not in plain[0] and "name" not in plain[0]

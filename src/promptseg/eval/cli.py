@@ -77,7 +77,55 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from promptseg.eval.compare import baseline_pairs, format_pairs, groups, load_report, paired
+    from promptseg.eval.interactive import EvalConfig, summarize
+    from promptseg.fileio import atomic_write
+
+    if len(args.reports) > 2:
+        raise ValueError(f"eval-compare takes one or two reports (BASELINE [CANDIDATE]), got {len(args.reports)}")
+    docs = [load_report(path) for path in args.reports]
+    for path, doc in zip(args.reports, docs):
+        print(f"{path}: checkpoint {doc.get('checkpoint', '?')}, dataset {doc.get('dataset', '?')}, "
+              f"{len(doc['records'])} masks")
+    base = docs[0]["records"]
+    cand = docs[1]["records"] if len(docs) == 2 else None
+    results = {}
+    for name, idx in groups(base, cand, args.by).items():
+        where = "" if name == "all" else f", {args.by} = {name}"
+        sub = [base[i] for i in idx]
+        print()
+        if cand is not None:
+            rows = paired(sub, [cand[i] for i in idx])
+            print(format_pairs(rows, "paired" + where))
+        else:  # one report: its summary over these masks, then the box against its baselines
+            summary = summarize(sub, EvalConfig(max_clicks=min(len(r["clicks_iou"]) for r in sub)))
+            print((f"{args.by} = {name}: " if where else "") + format_report(summary))
+            rows = baseline_pairs(sub)
+            print()
+            print(format_pairs(rows, "the model's box masks against the box baselines" + where, ("baseline", "model")))
+        results[name] = [r.as_dict() for r in rows]
+    if args.output:
+        text = json.dumps({"reports": [str(p) for p in args.reports], "by": args.by, "groups": results}, indent=1)
+        atomic_write(args.output, lambda tmp: Path(tmp).write_text(text))
+        print(f"\ncomparison written to {args.output}")
+    return 0
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
+    c = subparsers.add_parser(
+        "eval-compare",
+        help="compare eval reports mask by mask (paired differences ± standard error)",
+        description="With two reports of `promptseg eval -o` on the same masks: the per-mask difference "
+        "CANDIDATE − BASELINE of every metric (mean ± standard error, masks better / worse). With one: the "
+        "model's box masks against the GrabCut and filled-box baselines of the same report.",
+    )
+    c.add_argument("reports", nargs="+", metavar="REPORT", help="BASELINE.json [CANDIDATE.json]")
+    c.add_argument("--by", metavar="FIELD", help="also compare within groups of a per-mask field "
+                   "(part: emoji parts vs whole objects)")
+    c.add_argument("-o", "--output", help="write the comparison as JSON here")
+    c.set_defaults(func=cmd_compare)
+
     p = subparsers.add_parser(
         "eval",
         help="evaluate a SAM checkpoint: 1-point, box and interactive (NoC) metrics",

@@ -103,20 +103,30 @@ def evaluate(
 ) -> tuple[Dict[str, float], List[Dict[str, Any]]]:
     """Evaluate every mask of every item (``{"image": H×W×3 uint8, "masks": K×H×W bool, ...}``).
 
-    Returns ``(summary, per-mask records)``; each image is encoded once.
+    Returns ``(summary, per-mask records)``; each image is encoded once. Besides the metrics, a record
+    names its mask (``image_id``, ``mask_index``, ``area_fraction``; ``part`` and ``name`` when the item
+    has ``parents`` / ``names``), so reports can be compared mask by mask (:mod:`promptseg.eval.compare`).
     """
     records: List[Dict[str, Any]] = []
     bar = tqdm(total=max_masks, desc="eval masks", unit="mask", disable=not progress)
     for item in items:
         image, gts = item["image"], np.asarray(item["masks"], dtype=bool)
-        least = max(config.min_area, config.min_area_fraction * gts.shape[-2] * gts.shape[-1])
-        keep = [m for m in gts if m.sum() >= least]
+        pixels = gts.shape[-2] * gts.shape[-1]
+        least = max(config.min_area, config.min_area_fraction * pixels)
+        keep = [k for k, m in enumerate(gts) if m.sum() >= least]
         if not keep:
             continue
         predictor.set_image(image)
-        for gt in keep:
-            rec = evaluate_mask(predictor, image, gt, config)
+        names, parents = item.get("names"), item.get("parents")
+        for k in keep:
+            rec = evaluate_mask(predictor, image, gts[k], config)
             rec["image_id"] = item.get("image_id")
+            rec["mask_index"] = k  # the mask's index in its item (before the area filter)
+            rec["area_fraction"] = float(gts[k].sum()) / pixels
+            if parents is not None:  # an object part (Fig. 3's nesting) or a whole object
+                rec["part"] = bool(parents[k] >= 0)
+            if names is not None:
+                rec["name"] = names[k]
             records.append(rec)
             bar.update(1)
             if max_masks is not None and len(records) >= max_masks:
