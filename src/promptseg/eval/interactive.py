@@ -37,9 +37,10 @@ def evaluate_mask(predictor: Any, image: np.ndarray, gt: np.ndarray, config: Eva
     """Evaluate one ground-truth mask on the image already set in ``predictor``."""
     record: Dict[str, Any] = {}
     x, y = center_point(gt)
-    masks, scores, _ = predictor.predict(np.array([[x, y]]), np.array([1]), multimask_output=True)
+    masks, scores, logits = predictor.predict(np.array([[x, y]]), np.array([1]), multimask_output=True)
     ious = [mask_iou(m, gt) for m in masks]
-    record["point_top1"] = ious[int(np.argmax(scores))]
+    best = int(np.argmax(scores))
+    record["point_top1"] = ious[best]
     record["point_oracle"] = max(ious)
 
     box = mask_box(gt)
@@ -49,11 +50,10 @@ def evaluate_mask(predictor: Any, image: np.ndarray, gt: np.ndarray, config: Eva
     if config.grabcut:
         record["grabcut_box"] = mask_iou(grabcut_from_box(image, box), gt)
 
+    # the interactive run starts from the 1-point prediction above: its top-ranked mask and logits
     points, labels = [[x, y]], [1]
-    masks, scores, logits = predictor.predict(np.array(points), np.array(labels), multimask_output=True)
-    best = int(np.argmax(scores))
     pred, prev_logits = masks[best], logits[best : best + 1]
-    clicks_iou = [mask_iou(pred, gt)]
+    clicks_iou = [ious[best]]
     while len(clicks_iou) < config.max_clicks:
         click = next_click(pred, gt)
         if click is None:  # perfect: every later click keeps IoU 1
