@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -83,7 +83,7 @@ class Paired:
     worse: int
 
     def as_dict(self) -> Dict[str, Any]:
-        return dict(self.__dict__)
+        return asdict(self)
 
 
 def _pair(metric: Metric, base: Sequence[float], cand: Sequence[float]) -> Paired:

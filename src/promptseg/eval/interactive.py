@@ -112,8 +112,9 @@ def evaluate(
     for item in items:
         image, gts = item["image"], np.asarray(item["masks"], dtype=bool)
         pixels = gts.shape[-2] * gts.shape[-1]
+        areas = gts.reshape(len(gts), -1).sum(axis=1)
         least = max(config.min_area, config.min_area_fraction * pixels)
-        keep = [k for k, m in enumerate(gts) if m.sum() >= least]
+        keep = [k for k in range(len(gts)) if areas[k] >= least]
         if not keep:
             continue
         predictor.set_image(image)
@@ -122,7 +123,7 @@ def evaluate(
             rec = evaluate_mask(predictor, image, gts[k], config)
             rec["image_id"] = item.get("image_id")
             rec["mask_index"] = k  # the mask's index in its item (before the area filter)
-            rec["area_fraction"] = float(gts[k].sum()) / pixels
+            rec["area_fraction"] = float(areas[k]) / pixels
             if parents is not None:  # an object part (Fig. 3's nesting) or a whole object
                 rec["part"] = bool(parents[k] >= 0)
             if names is not None:
