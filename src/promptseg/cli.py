@@ -181,13 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--patch-size", type=number_type(int, 1), metavar="N",
         help="resize the image encoder to N-px patches (N divides the current patch size; a fine-tuning start "
-        "with N²-times finer token grid, see docs/default_model.md)",
+        "with N²-times finer token grid, see docs/default_model_history.md)",
     )
     p.add_argument(
         "--insert-blocks", type=index_list, metavar="I[,I...]",
         help="deepen the image encoder: a new windowed block after each encoder block index I (-1: before the "
         "first), initialised as the identity so the converted model computes what SRC computes; a fine-tuning "
-        "start with more capacity, see docs/default_model.md",
+        "start with more capacity, see docs/default_model_history.md",
     )
     p.set_defaults(func=cmd_convert)
 
