@@ -17,11 +17,16 @@ RECORDS = ROOT / "docs" / "records"
 pytestmark = pytest.mark.skipif(not RECORDS.is_dir(), reason="docs/records/ is not in this checkout")
 
 
+def _cells(line: str) -> list[str]:
+    """The cells of a Markdown table row."""
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
 def _index_rows() -> dict[str, list[str]]:
     """File name → the cells of its row in the README's SAM table (file, checkpoint, top-1, oracle, box, NoC@85)."""
     rows = {}
     for line in (RECORDS / "README.md").read_text(encoding="utf-8").splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        cells = _cells(line)
         if len(cells) == 6:
             m = re.fullmatch(r"\**`([\w.]+\.json)`\**", cells[0])
             if m:
@@ -65,15 +70,25 @@ def test_records_cited_in_the_docs_exist():
     assert not missing, f"cited records that do not exist: {missing}"
 
 
-def test_bundled_record_is_the_bundled_models():
-    """default_model_eval.json is the record of the bundled file: its numbers head the model card."""
-    summary = _summary("default_model_eval.json")
+# The card's "At a glance" columns, left to right: the bundled file's record on each held-out split.
+GLANCE_RECORDS = ("default_model_eval.json", "default_model_confirm_eval.json", "default_model_confirm2_eval.json")
+
+
+def test_bundled_records_head_the_model_card():
+    """The bundled file's records (one per held-out split) are the numbers of the card's "At a glance" table."""
     card = (ROOT / "docs" / "default_model.md").read_text(encoding="utf-8")
     glance = card[card.index("## At a glance"):card.index("## Architecture")]
-    row = next(line for line in glance.splitlines() if line.startswith("| 1-point mIoU"))
-    top1, oracle = (float(x) for x in re.findall(r"\d\.\d{3}", row)[:2])
-    assert _rounds_to(top1, summary["miou/point_top1"], 3)
-    assert _rounds_to(oracle, summary["miou/point_oracle"], 3)
-    row = next(line for line in glance.splitlines() if line.startswith("| box mIoU"))
-    box = float(re.findall(r"\d\.\d{3}", row)[0])
-    assert _rounds_to(box, summary["miou/box"], 3)
+    rows = {cells[0]: cells[1:1 + len(GLANCE_RECORDS)] for cells in map(_cells, glance.splitlines())}
+    quoted_as = {  # row label → (summary key, decimals) for each number of its cells, in order
+        "1-point mIoU, top-1 / oracle of 3": (("miou/point_top1", 3), ("miou/point_oracle", 3)),
+        "box mIoU (GrabCut on the same boxes)": (("miou/box", 3), ("miou/grabcut_box", 3)),
+        "NoC@85 / NoC@90 (max 20)": (("noc@85", 1), ("noc@90", 1)),
+    }
+    for column, name in enumerate(GLANCE_RECORDS):
+        summary = _summary(name)
+        for label, keys in quoted_as.items():
+            quoted = [float(x) for x in re.findall(r"\d+\.\d+", rows[label][column])]
+            assert len(quoted) == len(keys), f"At a glance, {label!r}, column {column + 1}: {rows[label][column]!r}"
+            for q, (key, decimals) in zip(quoted, keys):
+                assert _rounds_to(q, summary[key], decimals), \
+                    f"{name}: the card says {key} {q}, the record has {summary[key]:.4f}"
