@@ -6,7 +6,8 @@
 Run it first in a GPU session, before a long training run: it prints (1) the data pipeline alone —
 per item in this process and per batch through a ``DataLoader`` with the config's workers, pinned and not;
 (2) the image encoder's forward + backward on one batch; (3) whole training steps (the §A simulated
-session with the config's rounds, then with fewer) on that same batch, with the peak device memory.
+session with the config's rounds, then with fewer) on that same batch, with the peak device memory;
+(4) one round's loss through the fused focal/dice kernel and through the plain functions, with the ratio.
 The slowest of (1) and (3) bounds the steps per second of ``promptseg train``. There is no reference
 trainer to compare against (segment-anything ships none), so the numbers are absolute.
 
@@ -125,7 +126,34 @@ def main(argv: Optional[List[str]] = None) -> int:
                 mem = f", peak memory {torch.cuda.max_memory_allocated(device) / 1e9:.1f} GB" if device.type == "cuda" else ""
                 print(f"step: {rounds} rounds, whole step {now() - t:.3f} s{mem}")
     print(f"step: {_ops_per_step(model, on_device, autocast, device)} operator calls per step (forward + backward)")
+    _loss_kernels(model, on_device, now, args.steps)
     return 0
+
+
+def _loss_kernels(model: torch.nn.Module, batch: dict, now: Callable[[], float], repeats: int) -> None:
+    """One round's loss (all 4 tokens of every mask, against the step's targets at the loss resolution),
+    forward + backward, through the fused focal/dice kernel and through the plain autograd functions it
+    is tested against — the same numbers, timed in this run."""
+    from promptseg.train.losses import SamLoss
+
+    targets, valid = batch["targets"], batch["image_valid"][batch["image_indices"]]
+    b = len(targets)
+    low = model.sam.prompt_encoder.mask_input_size
+    gen = torch.Generator(device=targets.device).manual_seed(0)
+    logits = torch.randn((b, 4, *low), generator=gen, device=targets.device)
+    iou = torch.rand((b, 4), generator=gen, device=targets.device)
+    times = {}
+    for fused in (True, False, True, False):  # interleaved; the first of each is a warm-up
+        loss = SamLoss(recompute=False, fused=fused)
+        runs = []
+        for _ in range(max(repeats, 1)):
+            x = logits.clone().requires_grad_(True)
+            t = now()
+            loss(x, iou, targets, valid, multimask_output=True).loss.backward()
+            runs.append(now() - t)
+        times[fused] = sorted(runs)[len(runs) // 2]
+    print(f"loss: one round, {b} masks × 3 candidates at {tuple(targets.shape[-2:])}, forward + backward: "
+          f"fused {times[True] * 1e3:.1f} ms, plain {times[False] * 1e3:.1f} ms ({times[False] / times[True]:.2f}×)")
 
 
 def _ops_per_step(model: torch.nn.Module, batch: dict, autocast: Callable[[], object], device: torch.device) -> int:

@@ -123,6 +123,21 @@ def upsample_bilinear(x: Tensor, factor: int) -> Tensor:
     return _upsample_axis(_upsample_axis(x, x.ndim - 1, factor), x.ndim - 2, factor)
 
 
+def resize_bilinear(x: Tensor, size: Size) -> Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` for ``…×h×w`` logits (4-D), through
+    :func:`upsample_bilinear` when ``size`` is the same integer multiple of ``h`` and ``w`` and no gradient
+    is needed (under autograd the general kernel's backward is the faster). The training loss and its
+    IoU metric upsample every round's logits with it."""
+    h, w = x.shape[-2:]
+    out_h, out_w = int(size[0]), int(size[1])
+    if (out_h, out_w) == (h, w):
+        return x
+    fast = not (torch.is_grad_enabled() and x.requires_grad)  # its backward is slower than the general one's
+    if fast and h and w and out_h % h == 0 and out_h // h == out_w // w and out_w % w == 0:
+        return upsample_bilinear(x, out_h // h)
+    return F.interpolate(x, (out_h, out_w), mode="bilinear", align_corners=False)
+
+
 def _taps(factor: int):
     """``(r, start, weight)`` per output phase ``r``: cell ``factor·m + r`` is ``lerp(p[m + start],
     p[m + start + 1], weight)`` of the input ``p`` padded by one replicated cell at each end."""

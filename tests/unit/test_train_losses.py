@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from promptseg.train.losses import SamLoss, dice_loss, iou_of, sigmoid_focal_loss
+from promptseg.train.losses import SamLoss, dice_loss, focal_and_dice, iou_of, sigmoid_focal_loss
 
 LN2 = math.log(2.0)
 
@@ -98,6 +98,51 @@ def test_single_output_token_when_several_prompts():
     assert iou_pred.grad[0, 1:].abs().sum() == 0 and iou_pred.grad[0, 0] != 0
 
 
+def test_per_mask_choice_gives_each_row_the_loss_of_its_kind():
+    """A ``B`` bool ``multimask_output`` mixes the two rules row by row: each row's loss, selected token and
+    gradients are those of the batch-wide bool path for that row."""
+    torch.manual_seed(3)
+    gt = torch.rand(4, 16, 16) > 0.6
+    valid = torch.ones(4, 16, 16, dtype=torch.bool)
+    valid[:, 12:] = False
+    base, base_iou = torch.randn(4, 4, 8, 8), torch.rand(4, 4)
+    rows = torch.tensor([True, False, False, True])
+
+    def run(flag, index):
+        logits, iou = base[index].clone().requires_grad_(True), base_iou[index].clone().requires_grad_(True)
+        out = SamLoss()(logits, iou, gt[index], valid[index], multimask_output=flag)
+        out.per_mask.sum().backward()
+        return out, logits.grad, iou.grad
+
+    mixed, g_logits, g_iou = run(rows, slice(None))
+    assert mixed.offset == 0 and mixed.iou.shape == (4, 4)
+    for flag in (True, False):
+        index = (rows == flag).nonzero()[:, 0]
+        alone, a_logits, a_iou = run(flag, index)
+        assert torch.allclose(mixed.per_mask[index], alone.per_mask, rtol=1e-6, atol=1e-7)
+        assert torch.equal(mixed.selected[index], alone.selected)
+        assert torch.allclose(g_logits[index], a_logits, rtol=1e-6, atol=1e-9)
+        assert torch.allclose(g_iou[index], a_iou, rtol=1e-6, atol=1e-9)
+    assert mixed.loss.item() == pytest.approx(mixed.per_mask.mean().item(), rel=1e-6)
+    assert (g_iou[rows, 0] == 0).all() and (g_iou[~rows, 1:] == 0).all()  # no token outside its rule is ranked
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_uniform_per_mask_choice_equals_the_bool(flag):
+    torch.manual_seed(4)
+    gt = torch.rand(3, 16, 16) > 0.5
+    logits, iou = torch.randn(3, 4, 8, 8), torch.rand(3, 4)
+    a = SamLoss()(logits, iou, gt, multimask_output=flag)
+    b = SamLoss()(logits, iou, gt, multimask_output=torch.full((3,), flag))
+    assert torch.equal(a.loss, b.loss) and torch.equal(a.selected, b.selected) and a.offset == b.offset
+
+
+@pytest.mark.parametrize("bad", [torch.ones(2, dtype=torch.bool), torch.ones(3), torch.ones(3, 1, dtype=torch.bool)])
+def test_per_mask_choice_is_checked(bad):
+    with pytest.raises(ValueError, match="multimask_output"):
+        SamLoss()(torch.zeros(3, 4, 8, 8), torch.zeros(3, 4), torch.zeros(3, 8, 8, dtype=torch.bool), multimask_output=bad)
+
+
 def test_total_is_20_focal_plus_dice_plus_iou_mse():
     torch.manual_seed(0)
     gt = torch.rand(3, 8, 8) > 0.6
@@ -143,3 +188,94 @@ def test_recomputed_loss_has_identical_values_and_gradients():
         results.append((out.loss.detach(), out.selected, logits.grad, iou.grad))
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (-1.0, 1.5), (0.6, 0.0)])
+@pytest.mark.parametrize("with_valid", [True, False])
+def test_fused_focal_and_dice_gradient_is_exact(alpha, gamma, with_valid):
+    """The written-out gradient against finite differences (float64)."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 3, 6, 7, generator=gen, dtype=torch.float64) * 3).requires_grad_(True)
+    t = torch.rand(2, 1, 6, 7, generator=gen) > 0.6
+    valid = torch.rand(2, 1, 6, 7, generator=gen) > 0.2 if with_valid else None
+    assert torch.autograd.gradcheck(lambda a: focal_and_dice(a, t, valid, alpha, gamma), (x,))
+
+
+@pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (-1.0, 1.5)])
+def test_fused_focal_and_dice_equal_the_plain_functions(alpha, gamma):
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(4, 3, 20, 24, generator=gen) * 4
+    t = torch.rand(4, 1, 20, 24, generator=gen) > 0.7
+    valid = torch.ones(4, 1, 20, 24, dtype=torch.bool)
+    valid[:, :, 15:] = False
+    valid[3] = False  # a mask with no valid pixel
+    g_focal, g_dice = torch.randn(4, 3, generator=gen), torch.randn(4, 3, generator=gen)
+    results = []
+    for fused in (True, False):
+        x = base.clone().requires_grad_(True)
+        if fused:
+            focal, dice = focal_and_dice(x, t, valid, alpha, gamma)
+        else:
+            focal, dice = sigmoid_focal_loss(x, t, alpha, gamma, valid), dice_loss(x, t, valid)
+        (focal * g_focal + dice * g_dice).sum().backward()
+        results.append((focal.detach(), dice.detach(), x.grad))
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="B×1×H×W"):
+        focal_and_dice(base, t[:, 0])
+
+
+@pytest.mark.parametrize("multimask", [True, False, "mixed"])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_samloss_fused_equals_plain(multimask, recompute):
+    """SamLoss through the fused kernel (default) and through the plain functions: same losses, same
+    selected tokens, same gradients — also when the same target comes back for several rounds."""
+    gen = torch.Generator().manual_seed(2)
+    gt = torch.rand(5, 32, 32, generator=gen) > 0.6
+    valid = torch.ones(5, 32, 32, dtype=torch.bool)
+    valid[:, 28:] = False
+    flag = torch.tensor([True, False, True, False, False]) if multimask == "mixed" else multimask
+    base, base_iou = torch.randn(5, 4, 16, 16, generator=gen) * 3, torch.rand(5, 4, generator=gen)
+    outs = {}
+    for fused in (True, False):
+        loss = SamLoss(recompute=recompute, fused=fused)
+        for round_ in range(2):  # the second round reuses the fused path's cached target maps
+            logits, iou = (base + round_).requires_grad_(True), base_iou.clone().requires_grad_(True)
+            out = loss(logits, iou, gt, valid, multimask_output=flag)
+            out.loss.backward()
+            outs[fused, round_] = (out.loss.detach(), out.selected, logits.grad, iou.grad)
+    for round_ in range(2):
+        for a, b in zip(outs[True, round_], outs[False, round_]):
+            assert a.dtype == b.dtype and torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_fused_target_maps_follow_the_target():
+    """The cached maps are those of the target passed now: a new tensor or an in-place change recomputes."""
+    gen = torch.Generator().manual_seed(3)
+    logits, iou = torch.randn(2, 4, 8, 8, generator=gen), torch.zeros(2, 4)
+    gt = torch.rand(2, 8, 8, generator=gen) > 0.5
+    fused = SamLoss()
+
+    def check(target):
+        got = fused(logits, iou, target, multimask_output=True)
+        plain = SamLoss(fused=False)(logits, iou, target, multimask_output=True)
+        assert torch.allclose(got.per_mask, plain.per_mask, rtol=1e-5)
+        return got.per_mask
+
+    first = check(gt)
+    assert torch.equal(check(gt), first)  # served from the cache
+    assert not torch.allclose(check(~gt), first)  # another tensor
+    gt.logical_not_()  # the same tensor object, new contents
+    assert not torch.allclose(check(gt), first)
+
+
+def test_fused_loss_keeps_float32_under_bf16_autocast():
+    """Under the trainer's bf16 autocast the fused kernel's per-mask sums (batched products) stay float32."""
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 2, 16, 16, generator=gen) * 3
+    t = torch.rand(3, 1, 16, 16, generator=gen) > 0.5
+    expected = focal_and_dice(logits, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = focal_and_dice(logits, t)
+    for a, b in zip(got, expected):
+        assert a.dtype == torch.float32 and torch.equal(a, b)

@@ -166,6 +166,18 @@ def test_multimask_only_for_a_single_prompt():
     assert P.use_multimask(1) and not P.use_multimask(2) and not P.use_multimask(10)
 
 
+def test_a_lone_box_gets_the_three_outputs_unless_asked():
+    gt = torch.zeros(6, 32, 32, dtype=torch.bool)
+    gt[:, 8:20, 4:24] = True
+    first = P.initial_prompts(gt, generator=torch.Generator().manual_seed(0), box_probability=0.5)
+    assert 0 < int(first.is_box.sum()) < 6
+    assert P.multimask_rows(first, 1) is True  # §A: one prompt, a click or a box, 3 masks
+    # a click: 3 masks; a box: the single output
+    assert torch.equal(P.multimask_rows(first, 1, multimask_box=False), ~first.is_box)
+    for n in (2, 5):  # more than one prompt: the single output for every mask, whatever came first
+        assert P.multimask_rows(first, n) is False and P.multimask_rows(first, n, multimask_box=False) is False
+
+
 def test_simulation_is_reproducible_from_the_generator():
     gt = disk(32, 32, 16, 16, 7)[None].repeat(8, 1, 1)
     a = P.initial_prompts(gt, None, gen(3))

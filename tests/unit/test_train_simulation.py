@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from promptseg.prompts import BOX_TOP_LEFT_LABEL
 from promptseg.train.config import TrainConfig
 from promptseg.train.trainer import SamTrainingModel, TrainSamples, build_model, collate_train
 
@@ -64,22 +65,26 @@ def test_mask_area_limits():
         make_config(min_mask_area=0.95)
 
 
-def test_rounds_prompts_and_multimask_choice(monkeypatch):
+@pytest.mark.parametrize("multimask_box", [False, True])
+def test_rounds_prompts_and_multimask_choice(monkeypatch, multimask_box):
     torch.manual_seed(0)
-    cfg = make_config()
+    cfg = make_config(multimask_box=multimask_box, masks_per_image=6)
     model = SamTrainingModel(build_model(cfg), cfg)
     batch = make_batch(cfg)
-    flags, sparse_lengths, mask_prompts = [], [], []
+    flags, selected, sparse_lengths, first_labels, mask_prompts = [], [], [], [], []
     criterion = model.criterion.forward
     embed_sparse = model.sam.prompt_encoder.embed_sparse
     prompt_forward = model.sam.prompt_encoder.forward
 
     def spy_loss(*args, multimask_output, **kw):
         flags.append(multimask_output)
-        return criterion(*args, multimask_output=multimask_output, **kw)
+        out = criterion(*args, multimask_output=multimask_output, **kw)
+        selected.append(out.selected)
+        return out
 
     def spy_sparse(coords, labels):
         sparse_lengths.append(labels.shape[1])
+        first_labels.append(labels[:, 0].clone())
         return embed_sparse(coords, labels)
 
     def spy_prompt(points, boxes, masks, *rest):
@@ -92,7 +97,14 @@ def test_rounds_prompts_and_multimask_choice(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     out = model(generator=gen, **batch)
     b = len(batch["targets"])
-    assert flags == [True] + [False] * 10  # 3 masks for the single first prompt, then the single output
+    is_box = first_labels[0] == BOX_TOP_LEFT_LABEL  # a box-first prompt starts with its top-left corner
+    assert 0 < int(is_box.sum()) < b  # this batch mixes both kinds of first prompt
+    assert flags[1:] == [False] * 10  # the single output once there is more than one prompt
+    if multimask_box:  # 3 masks for every single first prompt, a box included
+        assert flags[0] is True and (selected[0] >= 1).all()
+    else:  # 3 masks for a first click, the single-output token for a first box (two corner tokens)
+        assert torch.equal(flags[0], ~is_box)
+        assert (selected[0][is_box] == 0).all() and (selected[0][~is_box] >= 1).all()
     assert mask_prompts == [None] + [(b, 1, 16, 16)] * 10  # low-res logits of the previous round
     steps = [n - m for n, m in zip(sparse_lengths[1:], sparse_lengths)]
     assert sparse_lengths[0] == 2 and sorted(steps) == [0] * 2 + [1] * 8 and steps[-1] == 0

@@ -167,6 +167,23 @@ def test_upsample_bilinear_equals_interpolate(factor, shape):
     assert (got - expected.reshape(got.shape)).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("size", [(16, 20), (24, 30), (8, 10), (16, 30), (11, 13)])
+@pytest.mark.parametrize("grad", [False, True])
+def test_resize_bilinear_equals_interpolate(size, grad):
+    """Integer factors (×2, ×3, ×1) take the lerp path without autograd, the rest the general kernel."""
+    from promptseg.transforms import resize_bilinear
+
+    x = torch.randn(2, 3, 8, 10, requires_grad=grad)
+    expected = torch.nn.functional.interpolate(x, size, mode="bilinear", align_corners=False)
+    got = resize_bilinear(x, size)
+    assert got.shape == expected.shape and (got - expected).abs().max() <= 1e-5
+    if grad:
+        g = torch.randn(expected.shape)
+        (a,) = torch.autograd.grad(expected, x, g)
+        (b,) = torch.autograd.grad(resize_bilinear(x, size), x, g)
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 @pytest.mark.parametrize("factor", [0, -2, 2.0])
 def test_upsample_bilinear_rejects_bad_factor(factor):
     from promptseg.transforms import upsample_bilinear

@@ -245,9 +245,16 @@ class TrainConfig(LoopConfig):
     box_probability: float = 0.5
     box_noise_std: float = 0.1
     box_noise_max: float = 20.0
+    #: The first round's box gets the 3 ambiguity-aware outputs like a click (true, the default: §A's
+    #: "single prompt"), or the single-output token (false: a box as two corner tokens, the way it is
+    #: predicted at inference and SAM 2 trains it; see :func:`promptseg.train.prompts.multimask_rows`).
+    multimask_box: bool = True
     detach_mask_prompt: bool = True
     loss_resolution: str = "input"  # "input": logits upsampled to img_size²; "low_res": GT downsampled
     recompute_loss: bool = True  # recompute the full-size loss maps in backward (memory ↓, same numbers)
+    #: Focal + dice in one fused pass with a written-out gradient (losses.focal_and_dice); false: the
+    #: plain autograd formulation it is tested against (the same numbers up to float rounding, ~2× slower).
+    fused_loss: bool = True
     #: Back-propagate each round as soon as its loss is known (memory: one round's decoder activations
     #: instead of all ``rounds``; same gradients up to float rounding). Needs ``detach_mask_prompt``; one process.
     round_backward: bool = False

@@ -27,7 +27,7 @@ The simulated interaction (§A):
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -223,7 +223,25 @@ def assemble_sparse(first: InitialPrompt, click_coords: Tensor, click_labels: Te
 def use_multimask(num_prompts: int) -> bool:
     """§A: the 3 ambiguity-aware masks for a single prompt, the single-output token for more than one.
 
-    A point, a box and a mask are one prompt each; the first round has one prompt, every later round
-    at least two (the initial prompt and the previous mask, plus any correction clicks).
+    Counted per round: the initial prompt, each correction click and the previous mask are one prompt
+    each, so the first round has one and every later round at least two. Whether a lone *box* is "a
+    single prompt" is :func:`multimask_rows`' choice.
     """
     return num_prompts == 1
+
+
+def multimask_rows(first: InitialPrompt, num_prompts: int, multimask_box: bool = True) -> Union[bool, Tensor]:
+    """Which masks of a round are supervised through the 3 ambiguity-aware outputs (§A).
+
+    ``False`` for every round with more than one prompt (:func:`use_multimask`). In the first round a
+    click always gets the 3 outputs; a box gets them with ``multimask_box`` (§A's "single prompt", the
+    default). Without it a box goes to the single-output token: it is two corner tokens, the way it is
+    predicted at inference (``predict(box=…, multimask_output=False)``, the box evaluation of §7) and
+    the way SAM 2's released trainer counts it (box corners as points, 3 outputs for at most one
+    point). Returns a bool (all masks alike) or a ``B`` bool tensor.
+    """
+    if not use_multimask(num_prompts):
+        return False
+    if multimask_box:
+        return True
+    return ~first.is_box

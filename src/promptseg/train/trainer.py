@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from promptseg.fileio import atomic_write
+from promptseg.transforms import resize_bilinear
 from promptseg.train.averaging import WeightAverage
 from promptseg.train.config import TrainConfig
 from promptseg.train.datasets import build_dataset
@@ -59,8 +60,8 @@ from promptseg.train.prompts import (
     assemble_sparse,
     error_points,
     initial_prompts,
+    multimask_rows,
     round_schedule,
-    use_multimask,
 )
 from promptseg.train.schedule import WarmupStepDecay, build_optimizer, build_scheduler
 
@@ -200,7 +201,7 @@ class SamTrainingModel(nn.Module):
         self.sam = sam
         self.criterion = criterion or SamLoss(
             config.focal_weight, config.dice_weight, config.iou_weight, config.focal_alpha, config.focal_gamma,
-            recompute=config.recompute_loss,
+            recompute=config.recompute_loss, fused=config.fused_loss,
         )
         self.rounds = config.rounds
         self.points_per_round = config.points_per_round
@@ -210,6 +211,7 @@ class SamTrainingModel(nn.Module):
         self.detach_mask_prompt = config.detach_mask_prompt
         self.loss_resolution = config.loss_resolution
         self.first_round_weight = config.first_round_weight
+        self.multimask_box = config.multimask_box
         self.frozen = frozen_parts(config.mode)
         for name in self.frozen:
             getattr(sam, name).requires_grad_(False)
@@ -296,19 +298,17 @@ class SamTrainingModel(nn.Module):
             _, dense = sam.prompt_encoder(None, None, mask_prompt)
             masks, iou_pred = sam.mask_decoder.predict_masks(embeddings, image_pe, sparse, dense, image_indices=image_indices)
 
-            multimask = use_multimask(1 + clicks.shape[1] + (mask_prompt is not None))
+            multimask = multimask_rows(first, 1 + clicks.shape[1] + (mask_prompt is not None), self.multimask_box)
             out = self.criterion(masks, iou_pred, loss_target, loss_valid, multimask_output=multimask)
 
             # §A: the mask passed on (as prompt and for the next click) is the highest-scoring of the 3
             # when several are returned, else the single output.
-            if multimask:
-                chosen = iou_pred[:, 1:].detach().argmax(dim=1) + 1
-            else:
-                chosen = torch.zeros(b, dtype=torch.long, device=masks.device)
+            best_of_3 = iou_pred[:, 1:].detach().argmax(dim=1) + 1
+            chosen = torch.where(torch.as_tensor(multimask, device=masks.device), best_of_3, torch.zeros_like(best_of_3))
             logits = masks[rows, chosen]  # B×h×w low-res logits, unthresholded
             mask_prompt = (logits.detach() if self.detach_mask_prompt else logits)[:, None]
             with torch.no_grad():
-                full = F.interpolate(logits.detach()[:, None].float(), size, mode="bilinear", align_corners=False)[:, 0]
+                full = resize_bilinear(logits.detach()[:, None].float(), size)[:, 0]
                 prediction = full > 0
                 totals["miou"] = totals["miou"] + iou_of(full, targets, valid).mean()
             loss = out.loss * weight
