@@ -253,7 +253,7 @@ class TrainConfig(LoopConfig):
     loss_resolution: str = "input"  # "input": logits upsampled to img_size²; "low_res": GT downsampled
     recompute_loss: bool = True  # recompute the full-size loss maps in backward (memory ↓, same numbers)
     #: Focal + dice in one fused pass with a written-out gradient (losses.focal_and_dice); false: the
-    #: plain autograd formulation it is tested against (the same numbers up to float rounding, ~2× slower).
+    #: plain autograd formulation it is tested against (the same numbers up to float rounding, 1.5× slower per round).
     fused_loss: bool = True
     #: Back-propagate each round as soon as its loss is known (memory: one round's decoder activations
     #: instead of all ``rounds``; same gradients up to float rounding). Needs ``detach_mask_prompt``; one process.

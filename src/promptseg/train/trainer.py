@@ -50,7 +50,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from promptseg.fileio import atomic_write
-from promptseg.transforms import resize_bilinear
 from promptseg.train.averaging import WeightAverage
 from promptseg.train.config import TrainConfig
 from promptseg.train.datasets import build_dataset
@@ -64,6 +63,7 @@ from promptseg.train.prompts import (
     round_schedule,
 )
 from promptseg.train.schedule import WarmupStepDecay, build_optimizer, build_scheduler
+from promptseg.transforms import resize_bilinear
 
 logger = logging.getLogger("promptseg.train")
 
