@@ -255,18 +255,17 @@ class SamLoss(nn.Module):
         #: Focal and dice through :func:`focal_and_dice` (one fused pass, written-out gradient) instead of
         #: the plain :func:`sigmoid_focal_loss` + :func:`dice_loss`, the reference it is tested against.
         self.fused = fused
-        self._maps_cache: Optional[Tuple[Tuple[Any, ...], TargetMaps]] = None
+        self._maps_cache: Optional[Tuple[Tensor, Optional[Tensor], Tuple[Any, ...], TargetMaps]] = None
 
     def _target_maps(self, target: Tensor, valid: Optional[Tensor]) -> TargetMaps:
         """:func:`target_maps` of ``target``, kept while the same target tensors come back (the rounds of a
         step pass the same ones; a new batch, or an in-place change, computes them again)."""
-        key = (target, valid, target._version, None if valid is None else valid._version, self.focal_alpha)
+        state = (target._version, None if valid is None else valid._version, self.focal_alpha)
         cached = self._maps_cache
-        if cached is None or len(cached[0]) != len(key) or any(a is not b for a, b in zip(cached[0][:2], key[:2])) \
-                or cached[0][2:] != key[2:]:
+        if cached is None or cached[0] is not target or cached[1] is not valid or cached[2] != state:
             maps = target_maps(target[:, None], None if valid is None else valid[:, None], self.focal_alpha)
-            self._maps_cache = cached = (key, maps)
-        return cached[1]
+            cached = self._maps_cache = (target, valid, state, maps)
+        return cached[3]
 
     def _mask_terms(self, logits: Tensor, target: Tensor, valid: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """Focal and dice of low-res candidate ``logits`` (``B×C×h×w``) vs ``target`` → ``B×C`` each."""
