@@ -258,16 +258,26 @@ def threshold_masks(logits: Tensor, threshold: float = 0.0) -> Tensor:
     return logits > threshold
 
 
-def mask_to_logits(mask: np.ndarray, img_size: int, logit: float = 10.0) -> np.ndarray:
-    """A binary mask at the original image size → ``1×(S/4)×(S/4)`` mask-prompt logits (``±logit``).
+def mask_to_grid(mask: np.ndarray, img_size: int, grid: int) -> Tensor:
+    """A binary mask at the original image size → ``1×1×grid×grid`` float32 foreground fractions.
 
-    The mask is resized like the image (longest side ``img_size``), zero-padded to ``img_size``, and
-    area-averaged to the decoder's low resolution; the fraction of foreground becomes a logit in
-    ``[-logit, +logit]``.
+    The mask is resized like the image (longest side ``img_size``, bilinear), zero-padded to ``img_size``
+    and area-averaged to ``grid × grid`` cells of the padded input frame: the decoder's low-res grid for
+    mask prompts (``img_size / 4``), the encoder's token grid (``img_size / patch``) for
+    :func:`promptseg.eval.protocols.grid_reference`.
     """
     h, w = get_preprocess_shape(mask.shape[0], mask.shape[1], img_size)
     frac = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
     frac = F.interpolate(frac, (h, w), mode="bilinear", align_corners=False)
     frac = F.pad(frac, (0, img_size - w, 0, img_size - h))
-    low = F.adaptive_avg_pool2d(frac, (img_size // 4, img_size // 4))
+    return F.adaptive_avg_pool2d(frac, (grid, grid))
+
+
+def mask_to_logits(mask: np.ndarray, img_size: int, logit: float = 10.0) -> np.ndarray:
+    """A binary mask at the original image size → ``1×(S/4)×(S/4)`` mask-prompt logits (``±logit``).
+
+    The foreground fraction of each low-res cell (:func:`mask_to_grid`) becomes a logit in
+    ``[-logit, +logit]``.
+    """
+    low = mask_to_grid(mask, img_size, img_size // 4)
     return ((low * 2.0 - 1.0) * logit)[0].numpy()

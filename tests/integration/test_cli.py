@@ -262,7 +262,8 @@ def test_eval_on_an_sa1b_folder_writes_a_report(files, capsys, tmp_path):
                             "--min-area-fraction", "0.01", "-o", report)
     assert code == 0, err
     assert "masks evaluated: 6" in stdout  # the empty masks are below the area floor
-    for label in ("1-point mIoU (top-1)", "box mIoU", "filled-box baseline", "GrabCut baseline", "NoC@85"):
+    for label in ("1-point mIoU (top-1)", "box mIoU", "filled-box baseline", "GrabCut baseline", "NoC@85",
+                  "best over the clicks", "GT at the token grid", "box mask area / GT, median"):
         assert label in stdout
     doc = json.loads(report.read_text())
     assert doc["summary"]["masks"] == 6 and len(doc["records"]) == 6
@@ -282,6 +283,11 @@ def test_eval_on_an_sa1b_folder_writes_a_report(files, capsys, tmp_path):
     code, stdout, err = run(capsys, "eval-compare", report)  # one report: the box against its baselines
     assert code == 0, err
     assert "box mIoU vs GrabCut" in stdout and "box mIoU vs the filled box" in stdout
+    assert "best click vs GT at the token grid" in stdout
+    assert all(0.0 <= r["token_grid"] <= 1.0 for r in doc["records"]) and doc["records"][0]["token_grid"] > 0.5
+    code, stdout, err = run(capsys, "eval-compare", report, "--by", "size")  # bins of the area fraction
+    assert code == 0, err
+    assert "size = " in stdout and "%: masks evaluated" in stdout
     assert "masks evaluated: 6" in stdout and "mIoU after 3 clicks" in stdout  # and its summary, as `eval` prints it
     other = tmp_path / "other.json"
     other.write_text(json.dumps(dict(doc, records=doc["records"][:5])))

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from promptseg.eval.compare import baseline_pairs, format_pairs, groups, load_report, metrics, paired, split_records
+from promptseg.eval.compare import (baseline_pairs, format_pairs, groups, load_report, metrics, paired, size_bin,
+                                    split_records)
 
 
 def records(seed, n=40, clicks=5, shift=0.0):
@@ -29,8 +30,8 @@ def by_key(rows):
 def test_paired_is_the_mean_and_standard_error_of_the_per_mask_difference():
     base, cand = records(0), records(1)
     rows = by_key(paired(base, cand))
-    assert list(rows) == ["point_top1", "point_oracle", "box", "clicks@2", "clicks@3", "clicks@5", "curve",
-                          "noc@85", "noc@90"]  # clicks@9 is past the 5 recorded clicks; @5 is the last
+    assert list(rows) == ["point_top1", "point_oracle", "box", "clicks@2", "clicks@3", "clicks@5", "clicks_best",
+                          "curve", "noc@85", "noc@90"]  # clicks@9 is past the 5 recorded clicks; @5 is the last
     d = np.array([c["box"] - b["box"] for b, c in zip(base, cand)])
     row = rows["box"]
     assert row.n == 40 and row.diff == pytest.approx(d.mean(), abs=1e-12)
@@ -39,6 +40,8 @@ def test_paired_is_the_mean_and_standard_error_of_the_per_mask_difference():
     assert (row.better, row.worse) == (int((d > 0).sum()), int((d < 0).sum()))
     curve = np.array([np.mean(c["clicks_iou"]) - np.mean(b["clicks_iou"]) for b, c in zip(base, cand)])
     assert rows["curve"].diff == pytest.approx(curve.mean(), abs=1e-12)
+    best = np.array([max(c["clicks_iou"]) - max(b["clicks_iou"]) for b, c in zip(base, cand)])
+    assert rows["clicks_best"].diff == pytest.approx(best.mean(), abs=1e-12)
     assert rows["clicks@3"].diff == pytest.approx(np.mean([c["clicks_iou"][2] - b["clicks_iou"][2]
                                                            for b, c in zip(base, cand)]), abs=1e-12)
 
@@ -64,7 +67,7 @@ def test_reports_of_different_masks_are_refused():
     with pytest.raises(ValueError, match=r"different numbers of clicks \(\[5\] vs \[6\]\)"):
         paired(base, records(1, clicks=6))
     old = [{k: v for k, v in r.items() if k != "mask_index"} for r in base]  # a report of an older version
-    assert len(paired(old, base)) == 9
+    assert len(paired(old, base)) == 10
     with pytest.raises(ValueError, match="no masks"):
         paired([], [])
 
@@ -79,6 +82,11 @@ def test_box_against_its_baselines_in_one_report():
         baseline_pairs([{"box": 0.5}])
     with pytest.raises(ValueError, match="no 'box'"):
         baseline_pairs([{"point_top1": 0.5}])
+    # with the token-grid reference recorded: the best click against it
+    gridded = [dict(r, token_grid=0.9) for r in recs]
+    *_, grid = baseline_pairs(gridded)
+    assert grid.metric == "token_grid" and grid.baseline == pytest.approx(0.9)
+    assert grid.candidate == pytest.approx(np.mean([max(r["clicks_iou"]) for r in recs]))
 
 
 def test_split_by_part_and_by_any_field():
@@ -94,6 +102,17 @@ def test_split_by_part_and_by_any_field():
         groups(recs, flipped, "part")
     with pytest.raises(ValueError, match="different masks"):
         groups(recs, recs[:3], "part")
+
+
+def test_split_by_size_bins_of_the_area_fraction():
+    assert [size_bin(f) for f in (0.0, 0.0099, 0.01, 0.03, 0.05, 0.1, 0.16, 0.9)] == [
+        "<1%", "<1%", "1-2%", "2-4%", "4-8%", "8-16%", "≥16%", "≥16%"]
+    recs = [{"area_fraction": f} for f in (0.2, 0.015, 0.05, 0.012, 0.005)]
+    split = split_records(recs, "size")
+    assert split == {"<1%": [4], "1-2%": [1, 3], "4-8%": [2], "≥16%": [0]}
+    assert list(split) == ["<1%", "1-2%", "4-8%", "≥16%"]  # smallest first, not first seen
+    with pytest.raises(ValueError, match="--by size: record 0 has no 'area_fraction'"):
+        split_records([{"box": 0.5}], "size")
 
 
 def test_metrics_follow_what_the_records_hold():
@@ -123,5 +142,5 @@ def test_load_report_checks_the_file(tmp_path):
 def test_format_pairs_prints_a_row_per_metric():
     text = format_pairs(paired(records(0), records(1)), "paired")
     lines = text.splitlines()
-    assert lines[0].startswith("paired (40 masks") and len(lines) == 2 + 9
+    assert lines[0].startswith("paired (40 masks") and len(lines) == 2 + 10
     assert "NoC@85" in text and "±" in text

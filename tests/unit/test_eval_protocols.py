@@ -5,7 +5,7 @@ import pytest
 
 from promptseg.eval import EvalConfig, center_point, evaluate, evaluate_mask, mask_iou, next_click, summarize
 from promptseg.eval.grabcut import grabcut_from_box
-from promptseg.eval.protocols import box_fill, mask_box
+from promptseg.eval.protocols import box_fill, grid_reference, mask_box
 
 
 def rect(h=40, w=60, y0=10, y1=30, x0=20, x1=50):
@@ -62,6 +62,26 @@ def test_box_fill_is_the_filled_inclusive_box():
     assert clipped.sum() == 2 * 5 and clipped[:2, :5].all()
 
 
+def test_grid_reference_is_the_mask_drawn_at_a_grid_and_brought_back():
+    aligned = np.zeros((256, 256), bool)
+    aligned[:, 32:104] = True  # a band with its edges on the 8-px cells of a 32×32 grid: drawn exactly
+    assert grid_reference(aligned, 256, 32) == 1.0
+    aligned[:40] = False  # ... but bilinear upsampling rounds the corners a grid cannot hold
+    assert 0.99 < grid_reference(aligned, 256, 32) < 1.0
+    disk = np.hypot(*np.mgrid[-128:128, -128:128]) <= 10.5  # 21 px across: boundaries inside the cells
+    levels = [grid_reference(disk, 256, g) for g in (8, 16, 32, 64, 256)]
+    assert levels[-1] == 1.0  # a grid of pixels is the mask itself
+    assert levels == sorted(levels) and levels[0] < 0.5 < levels[2] < 1.0  # finer grids draw it better
+    # any image size: the mask is resized like the image, padded, and brought back the same way
+    wide = np.zeros((100, 160), bool)
+    wide[20:70, 30:110] = True
+    assert 0.95 < grid_reference(wide, 256, 32) < 1.0
+    with pytest.raises(ValueError, match="grid must be in"):
+        grid_reference(wide, 256, 0)
+    with pytest.raises(ValueError, match="H×W"):
+        grid_reference(wide[None], 256, 32)
+
+
 class OraclePredictor:
     """A predictor double that returns the ground truth: exercises the loop's bookkeeping."""
 
@@ -84,6 +104,8 @@ def test_perfect_predictor_needs_one_click():
     assert rec["point_top1"] == rec["box"] == rec["box_fill"] == 1.0  # the gt is a rectangle
     assert rec["noc@85"] == rec["noc@90"] == 1
     assert len(rec["clicks_iou"]) == 20
+    assert "token_grid" not in rec  # a predictor without a SAM behind it has no token grid
+    assert rec["box_area_ratio"] == 1.0 and summarize([rec])["box/area_ratio_median"] == 1.0
 
 
 def test_grabcut_finds_a_contrasting_object():
@@ -108,6 +130,14 @@ def test_evaluate_with_a_real_model(tiny_sam):
     for key in ("miou/point_top1", "miou/point_oracle", "miou/box", "miou/box_fill", "miou/grabcut_box", "noc@85", "noc@90"):
         assert key in summary
     assert summary["miou/point_oracle"] >= summary["miou/point_top1"]
+    assert summary["miou/clicks_best"] == max(records[0]["clicks_iou"])
+    # the ground truth at the tiny model's token grid, as grid_reference draws it
+    encoder = tiny_sam.image_encoder.config
+    grid = (encoder.img_size, encoder.img_size // encoder.patch_size)
+    assert records[0]["token_grid"] == summary["miou/token_grid"] == grid_reference(gt, *grid)
+    _, plain = evaluate(SamPredictor(tiny_sam), [{"image": image, "masks": gt[None]}],
+                        EvalConfig(max_clicks=2, grabcut=False, token_grid=False), progress=False)
+    assert "token_grid" not in plain[0]
     assert 1 <= summary["noc@90"] <= 5
     with pytest.raises(ValueError, match="no masks"):
         summarize([])

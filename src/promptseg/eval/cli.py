@@ -43,6 +43,8 @@ def format_report(summary: Dict[str, float]) -> str:
         ("miou/grabcut_box", "box mIoU, GrabCut baseline"),
     ]
     order += [(k, f"mIoU after {k.split('@')[1]} clicks") for k in summary if k.startswith("miou/clicks@")]
+    order += [("miou/clicks_best", "mIoU, best over the clicks"), ("miou/token_grid", "mIoU, GT at the token grid"),
+              ("box/area_ratio_median", "box mask area / GT, median")]
     order += [(k, k.replace("noc@", "NoC@")) for k in summary if k.startswith("noc@")]
     lines = [f"masks evaluated: {int(summary['masks'])}"]
     lines += [f"{label:30s} {summary[key]:.4f}" for key, label in order if key in summary]
@@ -98,12 +100,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if cand is not None:
             rows = paired(sub, [cand[i] for i in idx])
             print(format_pairs(rows, "paired" + where))
-        else:  # one report: its summary over these masks, then the box against its baselines
+        else:  # one report: its summary over these masks, then the model against its baselines
             summary = summarize(sub, EvalConfig(max_clicks=min(len(r["clicks_iou"]) for r in sub)))
             print((f"{args.by} = {name}: " if where else "") + format_report(summary))
             rows = baseline_pairs(sub)
             print()
-            print(format_pairs(rows, "the model's box masks against the box baselines" + where, ("baseline", "model")))
+            print(format_pairs(rows, "the model against the baselines of its report" + where, ("baseline", "model")))
         results[name] = [r.as_dict() for r in rows]
     if args.output:
         text = json.dumps({"reports": [str(p) for p in args.reports], "by": args.by, "groups": results}, indent=1)
@@ -118,11 +120,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="compare eval reports mask by mask (paired differences ± standard error)",
         description="With two reports of `promptseg eval -o` on the same masks: the per-mask difference "
         "CANDIDATE − BASELINE of every metric (mean ± standard error, masks better / worse). With one: the "
-        "model's box masks against the GrabCut and filled-box baselines of the same report.",
+        "model's box masks against the GrabCut and filled-box baselines of the same report, and its best "
+        "mask over the clicks against the ground truth drawn at the encoder's token grid.",
     )
     c.add_argument("reports", nargs="+", metavar="REPORT", help="BASELINE.json [CANDIDATE.json]")
     c.add_argument("--by", metavar="FIELD", help="also compare within groups of a per-mask field "
-                   "(part: emoji parts vs whole objects)")
+                   "(part: emoji parts vs whole objects; size: the masks' area fraction in bins <1%%, 1-2%%, "
+                   "2-4%%, ... ≥16%%)")
     c.add_argument("-o", "--output", help="write the comparison as JSON here")
     c.set_defaults(func=cmd_compare)
 

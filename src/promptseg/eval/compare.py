@@ -7,9 +7,10 @@ model's box masks with the GrabCut and filled-box baselines of one report (issue
 
 * :func:`load_report` — read and check a report written by ``promptseg eval -o``;
 * :func:`paired` — mean ± s.e. of the per-mask difference of every metric, with win/loss counts;
-* :func:`baseline_pairs` — the model's box IoU against the baselines recorded in the same report;
+* :func:`baseline_pairs` — the model against the baselines recorded in the same report: its box IoU against
+  GrabCut and the filled box, its best IoU over the clicks against the ground truth at the token grid;
 * :func:`split_records`, :func:`groups` — the records grouped by a per-mask field (``part``: emoji parts vs
-  whole objects).
+  whole objects; ``size``: bins of the mask's area fraction, doubling from 1 %).
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def _after_clicks(n: int) -> Getter:
     return lambda r: float(r["clicks_iou"][n - 1])
 
 
+def _best(r: Record) -> float:
+    return float(max(r["clicks_iou"]))
+
+
 def _curve(r: Record) -> float:
     ious = r["clicks_iou"]
     return float(sum(ious)) / len(ious)
@@ -50,7 +55,8 @@ def _curve(r: Record) -> float:
 
 def metrics(records: Sequence[Record], clicks: Sequence[int] = (2, 3, 5, 9)) -> List[Metric]:
     """The metrics present in ``records``: 1-point top-1 / oracle, box, IoU after ``clicks`` and after the
-    last click, the mean of the click curve, NoC at each recorded threshold (lower is better)."""
+    last click, the best IoU over the clicks, the mean of the click curve, NoC at each recorded threshold
+    (lower is better)."""
     if not records:
         raise ValueError("records is empty: no masks to compare")
     first = records[0]
@@ -61,6 +67,7 @@ def metrics(records: Sequence[Record], clicks: Sequence[int] = (2, 3, 5, 9)) -> 
         most = min(len(r["clicks_iou"]) for r in records)
         out += [Metric(f"clicks@{n}", f"mIoU after {n} clicks", _after_clicks(n)) for n in clicks if n < most]
         out.append(Metric(f"clicks@{most}", f"mIoU after {most} clicks", _after_clicks(most)))
+        out.append(Metric("clicks_best", "best mIoU over the clicks", _best))
         out.append(Metric("curve", f"mean mIoU over clicks 1-{most}", _curve))
     nocs = sorted(k for k in first if k.startswith("noc@"))
     out += [Metric(k, k.replace("noc@", "NoC@"), _field(k), higher_is_better=False) for k in nocs]
@@ -143,8 +150,9 @@ def paired(
 
 
 def baseline_pairs(records: Sequence[Record]) -> List[Paired]:
-    """The model's box IoU (candidate) against each box baseline of the same records (``grabcut_box``,
-    ``box_fill``), mask by mask."""
+    """The model (candidate) against the baselines of the same records, mask by mask: its box IoU against
+    each box baseline (``grabcut_box``, ``box_fill``), then — when the records hold ``token_grid`` — its best
+    IoU over the clicks against the ground truth drawn at the encoder's token grid."""
     if not records:
         raise ValueError("records is empty: no masks to compare")
     if "box" not in records[0]:
@@ -156,21 +164,48 @@ def baseline_pairs(records: Sequence[Record]) -> List[Paired]:
             out.append(_pair(Metric(key, label, _field(key)), [float(r[key]) for r in records], model))
     if not out:
         raise ValueError("the report has no box baseline (it was written with --no-grabcut by an old version?)")
+    if all("token_grid" in r and "clicks_iou" in r for r in records):
+        out.append(_pair(Metric("token_grid", "best click vs GT at the token grid", _field("token_grid")),
+                         [float(r["token_grid"]) for r in records], [_best(r) for r in records]))
     return out
 
 
+SIZE_BINS = (0.01, 0.02, 0.04, 0.08, 0.16)  # ``--by size``: area fractions, each bin twice the one before
+
+
+def size_bin(fraction: float) -> str:
+    """The ``--by size`` group of a mask covering ``fraction`` of its image: ``"<1%"``, ``"1-2%"``, …,
+    ``"≥16%"``."""
+    edges = [f"{100 * e:g}" for e in SIZE_BINS]
+    for i, edge in enumerate(SIZE_BINS):
+        if fraction < edge:
+            return f"<{edges[0]}%" if i == 0 else f"{edges[i - 1]}-{edges[i]}%"
+    return f"≥{edges[-1]}%"
+
+
 def split_records(records: Sequence[Record], field: str) -> Dict[str, List[int]]:
-    """Indices of ``records`` grouped by ``field`` (``part`` → ``"whole"`` / ``"part"``; any other field by
-    its value), in first-seen order."""
-    missing = [i for i, r in enumerate(records) if field not in r]
+    """Indices of ``records`` grouped by ``field`` (``part`` → ``"whole"`` / ``"part"``; ``size`` → the
+    :func:`size_bin` of ``area_fraction``, smallest first; any other field by its value, in first-seen
+    order)."""
+    key = "area_fraction" if field == "size" else field
+    missing = [i for i, r in enumerate(records) if key not in r]
     if missing:
-        raise ValueError(f"--by {field}: record {missing[0]} has no {field!r} field (reports record 'part' "
-                         "when the dataset gives parents, e.g. SA-1B-layout synthetic scenes)")
+        raise ValueError(f"--by {field}: record {missing[0]} has no {key!r} field (reports record 'part' "
+                         "when the dataset gives parents, e.g. SA-1B-layout synthetic scenes, and "
+                         "'area_fraction' since the version that recorded mask_index)")
     groups: Dict[str, List[int]] = {}
     for i, r in enumerate(records):
-        value = r[field]
-        name = ("part" if value else "whole") if field == "part" else str(value)
+        value = r[key]
+        if field == "part":
+            name = "part" if value else "whole"
+        elif field == "size":
+            name = size_bin(float(value))
+        else:
+            name = str(value)
         groups.setdefault(name, []).append(i)
+    if field == "size":
+        order = [size_bin(0.0)] + [size_bin(e) for e in SIZE_BINS]
+        groups = {name: groups[name] for name in order if name in groups}
     return groups
 
 

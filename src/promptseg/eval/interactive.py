@@ -4,22 +4,25 @@ Protocol (segment-anything.txt §7.1, §D.1):
 * 1 point at the mask centre, multimask output; top-1 = the mask SAM ranks first by predicted IoU,
   oracle = the best of the three against ground truth;
 * box = the ground-truth box, single-mask output; baselines on the same box: the filled box itself
-  (``box_fill``) and OpenCV's GrabCut;
+  (``box_fill``) and OpenCV's GrabCut; the box mask's area over the ground truth's (``box_area_ratio``:
+  below 1 when it under-segments);
 * interactive: clicks added one at a time at the point farthest from the error region's boundary,
   the previous low-res logits passed as mask prompt, single-mask output after the first click (§A);
-  IoU after N clicks and NoC@τ = clicks needed to reach IoU τ (``max_clicks`` when never reached).
+  IoU after N clicks and NoC@τ = clicks needed to reach IoU τ (``max_clicks`` when never reached);
+* a reference level for mask precision (``token_grid``): the ground truth drawn at the encoder's token
+  grid and brought back as SAM's logits are (:func:`promptseg.eval.protocols.grid_reference`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
 from promptseg.eval.grabcut import grabcut_from_box
-from promptseg.eval.protocols import box_fill, center_point, mask_box, mask_iou, next_click
+from promptseg.eval.protocols import box_fill, center_point, grid_reference, mask_box, mask_iou, next_click
 
 
 @dataclass(frozen=True)
@@ -29,13 +32,30 @@ class EvalConfig:
     report_clicks: Sequence[int] = (1, 2, 3, 5, 9)
     mask_prompt: bool = True  # pass the previous prediction's logits to the next click (§A)
     grabcut: bool = True
+    token_grid: bool = True  # record the ground truth's IoU at the encoder's token grid (a SAM predictor)
     min_area: int = 16  # masks smaller than this (pixels) are skipped
     min_area_fraction: float = 0.0  # ... and masks covering less than this fraction of their image
 
 
-def evaluate_mask(predictor: Any, image: np.ndarray, gt: np.ndarray, config: EvalConfig = EvalConfig()) -> Dict[str, Any]:
-    """Evaluate one ground-truth mask on the image already set in ``predictor``."""
+def token_grid(predictor: Any) -> Optional[Tuple[int, int]]:
+    """``(img_size, tokens per side)`` of the SAM ViT behind ``predictor``; ``None`` for other predictors."""
+    from promptseg.models.sam.config import ImageEncoderConfig
+
+    config = getattr(getattr(getattr(predictor, "model", None), "image_encoder", None), "config", None)
+    if not isinstance(config, ImageEncoderConfig):
+        return None
+    return config.img_size, config.grid_size
+
+
+def evaluate_mask(
+    predictor: Any, image: np.ndarray, gt: np.ndarray, config: EvalConfig = EvalConfig(),
+    grid: Optional[Tuple[int, int]] = None,
+) -> Dict[str, Any]:
+    """Evaluate one ground-truth mask on the image already set in ``predictor``; with ``grid``
+    (``(img_size, tokens per side)``, :func:`token_grid`) the record also holds ``token_grid``."""
     record: Dict[str, Any] = {}
+    if grid is not None:
+        record["token_grid"] = grid_reference(gt, *grid)
     x, y = center_point(gt)
     masks, scores, logits = predictor.predict(np.array([[x, y]]), np.array([1]), multimask_output=True)
     ious = [mask_iou(m, gt) for m in masks]
@@ -46,6 +66,7 @@ def evaluate_mask(predictor: Any, image: np.ndarray, gt: np.ndarray, config: Eva
     box = mask_box(gt)
     box_mask = predictor.predict(box=box, multimask_output=False)[0][0]
     record["box"] = mask_iou(box_mask, gt)
+    record["box_area_ratio"] = float(box_mask.sum()) / float(gt.sum())  # < 1: under-segmented, > 1: over
     record["box_fill"] = mask_iou(box_fill(box, gt.shape), gt)
     if config.grabcut:
         record["grabcut_box"] = mask_iou(grabcut_from_box(image, box), gt)
@@ -78,7 +99,7 @@ def evaluate_mask(predictor: Any, image: np.ndarray, gt: np.ndarray, config: Eva
 
 def summarize(records: Sequence[Dict[str, Any]], config: EvalConfig = EvalConfig()) -> Dict[str, float]:
     """Mean of every metric over masks: mIoU (1 point top-1/oracle, box, filled box, GrabCut box, after N
-    clicks), NoC."""
+    clicks, the best over the clicks, the token-grid reference), NoC; the median box-mask area ratio."""
     if not records:
         raise ValueError("no masks were evaluated")
     out: Dict[str, float] = {"masks": float(len(records))}
@@ -88,6 +109,11 @@ def summarize(records: Sequence[Dict[str, Any]], config: EvalConfig = EvalConfig
     for n in config.report_clicks:
         if n <= config.max_clicks:
             out[f"miou/clicks@{n}"] = float(np.mean([r["clicks_iou"][n - 1] for r in records]))
+    out["miou/clicks_best"] = float(np.mean([max(r["clicks_iou"]) for r in records]))
+    if all("box_area_ratio" in r for r in records):
+        out["box/area_ratio_median"] = float(np.median([r["box_area_ratio"] for r in records]))
+    if all("token_grid" in r for r in records):
+        out["miou/token_grid"] = float(np.mean([r["token_grid"] for r in records]))
     for tau in config.noc_thresholds:
         key = f"noc@{int(round(tau * 100))}"
         out[key] = float(np.mean([r[key] for r in records]))
@@ -108,6 +134,7 @@ def evaluate(
     has ``parents`` / ``names``), so reports can be compared mask by mask (:mod:`promptseg.eval.compare`).
     """
     records: List[Dict[str, Any]] = []
+    grid = token_grid(predictor) if config.token_grid else None
     bar = tqdm(total=max_masks, desc="eval masks", unit="mask", disable=not progress)
     for item in items:
         image, gts = item["image"], np.asarray(item["masks"], dtype=bool)
@@ -120,7 +147,7 @@ def evaluate(
         predictor.set_image(image)
         names, parents = item.get("names"), item.get("parents")
         for k in keep:
-            rec = evaluate_mask(predictor, image, gts[k], config)
+            rec = evaluate_mask(predictor, image, gts[k], config, grid)
             rec["image_id"] = item.get("image_id")
             rec["mask_index"] = k  # the mask's index in its item (before the area filter)
             rec["area_fraction"] = float(areas[k]) / pixels

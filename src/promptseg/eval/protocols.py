@@ -68,3 +68,25 @@ def box_fill(box: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
     out = np.zeros(shape, dtype=bool)
     out[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
     return out
+
+
+def grid_reference(gt: np.ndarray, img_size: int, grid: int) -> float:
+    """IoU of the ``H×W`` bool ``gt`` with itself drawn at a ``grid × grid`` resolution of the model's input
+    frame, then brought back to the image as SAM brings back its low-res logits.
+
+    Each cell's foreground fraction (:func:`promptseg.transforms.mask_to_grid`), centred at 0.5, goes
+    through :func:`promptseg.transforms.postprocess_to_binary` (bilinear to the padded frame, crop,
+    bilinear to the image, threshold). With ``grid`` = the encoder's token grid (``img_size / patch``) it
+    is the level of a mask that is right cell by cell but knows nothing finer than a patch: a model whose
+    masks beat it has learned boundaries inside its patches. A reference level, not a bound.
+    """
+    from promptseg.transforms import get_preprocess_shape, mask_to_grid, postprocess_to_binary
+
+    if gt.ndim != 2:
+        raise ValueError(f"gt must be H×W, got shape {gt.shape}")
+    if not 1 <= grid <= img_size:
+        raise ValueError(f"grid must be in [1, img_size={img_size}], got {grid}")
+    frac = mask_to_grid(gt, img_size, grid) - 0.5
+    input_size = get_preprocess_shape(gt.shape[0], gt.shape[1], img_size)
+    drawn = postprocess_to_binary(frac, input_size, tuple(gt.shape), img_size)[0, 0].numpy()
+    return mask_iou(drawn, gt.astype(bool))
