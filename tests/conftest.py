@@ -218,6 +218,29 @@ def _single_thread():
 
 
 @pytest.fixture
+def disk_square_scenes():
+    """``write(root, masks_of)``: two 80×64 SA-1B-layout scenes in ``root`` (``sa_0``, ``sa_1``), each a red
+    disk and a green square on grey; ``masks_of(disk, square, xx)`` gives each scene's ``(masks, extra)``."""
+    from PIL import Image
+
+    from promptseg.data.sa1b import write_sa1b_json
+
+    def write(root: Path, masks_of) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        yy, xx = np.mgrid[:64, :80]
+        for i in range(2):
+            disk = (yy - 30) ** 2 + (xx - 25 - 20 * i) ** 2 < 15**2
+            square = (yy > 5) & (yy < 20) & (xx > 55) & (xx < 75)
+            image = np.full((64, 80, 3), 40, np.uint8)
+            image[disk], image[square] = (220, 60, 30), (30, 200, 90)
+            Image.fromarray(image).save(root / f"sa_{i}.jpg", quality=95)
+            masks, extra = masks_of(disk, square, xx)
+            write_sa1b_json(root / f"sa_{i}.json", i, f"sa_{i}.jpg", masks, extra=extra)
+
+    return write
+
+
+@pytest.fixture
 def run_benchmark(monkeypatch, capsys):
     """``run_benchmark(script, *argv)`` runs ``benchmarks/<script>`` as ``__main__`` and returns its stdout."""
     root = Path(__file__).resolve().parents[1]

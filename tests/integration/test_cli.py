@@ -241,22 +241,11 @@ def test_average_writes_the_weighted_mean_and_checks_its_arguments(files, capsys
 
 
 # --------------------------------------------------------------------------------------------- eval
-def test_eval_on_an_sa1b_folder_writes_a_report(files, capsys, tmp_path):
+def test_eval_on_an_sa1b_folder_writes_a_report(files, capsys, tmp_path, disk_square_scenes):
     """The committed eval command of the model card, on two tiny SA-1B-layout images."""
-    from promptseg.data.sa1b import write_sa1b_json
-
     root = tmp_path / "data"
-    root.mkdir()
-    yy, xx = np.mgrid[:64, :80]
-    for i in range(2):
-        disk = (yy - 30) ** 2 + (xx - 25 - 20 * i) ** 2 < 15**2
-        square = (yy > 5) & (yy < 20) & (xx > 55) & (xx < 75)
-        image = np.full((64, 80, 3), 40, np.uint8)
-        image[disk], image[square] = (220, 60, 30), (30, 200, 90)
-        Image.fromarray(image).save(root / f"sa_{i}.jpg", quality=95)
-        window = square & (xx > 60) & (xx < 70)  # a part of the square (Fig. 3's nesting)
-        write_sa1b_json(root / f"sa_{i}.json", i, f"sa_{i}.jpg", [disk, square, np.zeros_like(disk), window],
-                        extra=[{}, {}, {}, {"parent": 2}])
+    disk_square_scenes(root, lambda disk, square, xx: (  # the window: a part of the square (Fig. 3's nesting)
+        [disk, square, np.zeros_like(disk), square & (xx > 60) & (xx < 70)], [{}, {}, {}, {"parent": 2}]))
     report = tmp_path / "report.json"
     code, stdout, err = run(capsys, "eval", root, "--checkpoint", files["ckpt"], "--max-clicks", "3",
                             "--min-area-fraction", "0.01", "-o", report)
