@@ -92,3 +92,25 @@ def test_bundled_records_head_the_model_card():
             for q, (key, decimals) in zip(quoted, keys):
                 assert _rounds_to(q, summary[key], decimals), \
                     f"{name}: the card says {key} {q}, the record has {summary[key]:.4f}"
+
+
+_UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
+         "seventeen eighteen nineteen".split()
+_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
+
+
+def _number(words: str) -> int:
+    """An English number under 100 ("Thirty-one") as an int."""
+    head, _, tail = words.lower().partition("-")
+    if head in _TENS:
+        return _TENS[head] + (_UNITS.index(tail) if tail else 0)
+    return _UNITS.index(head)
+
+
+def test_model_card_counts_its_training_commands():
+    """The card's "Training" section says how many commands rebuild the bundled file; keep the count true."""
+    card = (ROOT / "docs" / "default_model.md").read_text(encoding="utf-8")
+    m = re.search(r"^([A-Z][a-z]+(?:-[a-z]+)?) committed commands:\n+```bash\n(.*?)```", card, re.M | re.S)
+    assert m, "the model card's 'N committed commands:' block is missing"
+    commands = [line for line in m.group(2).splitlines() if line.startswith("promptseg ")]
+    assert _number(m.group(1)) == len(commands), f"the card says {m.group(1)} commands, the block has {len(commands)}"
