@@ -63,6 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--draws", type=int, default=3, help="jittered boxes per mask")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from promptseg.eval.compare import pair_values
 
     with open(args.report, encoding="utf-8") as f:
         records = json.load(f)["records"]
@@ -70,8 +71,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for checkpoint, ious in zip(args.checkpoints, results):
         line = f"{checkpoint}: box mIoU with §A-jittered boxes {ious.mean():.4f} ({len(ious)} masks × {args.draws})"
         if ious is not results[0]:
-            d = ious - results[0]
-            line += f"; paired vs the first {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}"
+            p = pair_values(results[0].tolist(), ious.tolist())
+            line += f"; paired vs the first {p.diff:+.4f} ± {p.stderr:.4f} (better on {p.better}, worse on {p.worse})"
         print(line)
     return 0
 

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from promptseg.eval.compare import (baseline_pairs, format_pairs, groups, load_report, metrics, paired, size_bin,
-                                    split_records)
+from promptseg.eval.compare import (baseline_pairs, format_pairs, groups, load_report, metrics, pair_values, paired,
+                                    size_bin, split_records)
 
 
 def records(seed, n=40, clicks=5, shift=0.0):
@@ -54,6 +54,22 @@ def test_fewer_clicks_count_as_better():
     assert (row.better, row.worse) == (40, 0)
     same = by_key(paired(base, base))
     assert all(r.diff == 0.0 and r.better == r.worse == 0 for r in same.values())
+
+
+def test_pair_values_of_plain_lists():
+    rng = np.random.default_rng(3)
+    base, cand = rng.random(25), rng.random(25)
+    row = pair_values(base.tolist(), cand.tolist(), "jitter", "box mIoU, jittered boxes")
+    d = cand - base
+    assert (row.metric, row.n) == ("jitter", 25)
+    assert row.diff == pytest.approx(d.mean(), abs=1e-12)
+    assert row.stderr == pytest.approx(d.std(ddof=1) / 5, rel=1e-9)
+    assert (row.better, row.worse) == (int((d > 0).sum()), int((d < 0).sum()))
+    lower = pair_values(base.tolist(), cand.tolist(), higher_is_better=False)
+    assert (lower.better, lower.worse) == (row.worse, row.better)
+    for bad in (([], []), ([0.5, 0.5], [0.5])):
+        with pytest.raises(ValueError, match="base and cand"):
+            pair_values(*bad)
 
 
 def test_reports_of_different_masks_are_refused():

@@ -93,17 +93,27 @@ class Paired:
         return asdict(self)
 
 
-def _pair(metric: Metric, base: Sequence[float], cand: Sequence[float]) -> Paired:
+def pair_values(base: Sequence[float], cand: Sequence[float], key: str = "value", label: str = "value",
+                higher_is_better: bool = True) -> Paired:
+    """Paired comparison of two per-mask lists of one quantity, mask ``i`` of ``base`` against mask ``i`` of
+    ``cand``: their means, the mean difference (cand − base) with its standard error, and how many masks got
+    better / worse (by ``higher_is_better``)."""
     n = len(base)
+    if n == 0 or len(cand) != n:
+        raise ValueError(f"base and cand must be non-empty and of one length (got {n} and {len(cand)} values)")
     d = [c - b for b, c in zip(base, cand)]
     mean = sum(d) / n
     var = sum((v - mean) ** 2 for v in d) / (n - 1) if n > 1 else 0.0
-    sign = 1 if metric.higher_is_better else -1
+    sign = 1 if higher_is_better else -1
     return Paired(
-        metric=metric.key, label=metric.label, n=n, baseline=sum(base) / n, candidate=sum(cand) / n,
+        metric=key, label=label, n=n, baseline=sum(base) / n, candidate=sum(cand) / n,
         diff=mean, stderr=math.sqrt(var / n),
         better=sum(1 for v in d if sign * v > 0), worse=sum(1 for v in d if sign * v < 0),
     )
+
+
+def _pair(metric: Metric, base: Sequence[float], cand: Sequence[float]) -> Paired:
+    return pair_values(base, cand, metric.key, metric.label, metric.higher_is_better)
 
 
 def _mask_keys(records: Sequence[Record]) -> Optional[List[Tuple[Any, ...]]]:
