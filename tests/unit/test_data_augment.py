@@ -96,3 +96,27 @@ def test_flip_and_compose():
     np.testing.assert_array_equal(a["masks"], b["masks"])
     pipeline.reseed(3)
     validate_item(pipeline(item))
+
+
+def test_flip_of_a_padded_item_keeps_the_padding_bottom_right():
+    item = labelled_item()
+    padded = LargeScaleJitter(output_size=128, scale=(0.5, 0.5), rng=0)(item)
+    vh, vw = padded["valid_size"]
+    assert vw < 128
+    out = RandomHorizontalFlip(p=1.0)(padded)
+    assert out["valid_size"] == (vh, vw) and not out["image"][:, vw:].any() and not out["masks"][:, :, vw:].any()
+    np.testing.assert_array_equal(out["image"][:vh, :vw], padded["image"][:vh, :vw][:, ::-1])
+    np.testing.assert_array_equal(out["masks"][:, :vh, :vw], padded["masks"][:, :vh, :vw][:, :, ::-1])
+
+
+def test_compose_reseed_with_a_numpy_integer_is_deterministic():
+    item = labelled_item()
+
+    def run(seed):
+        pipeline = Compose([LargeScaleJitter(48), RandomHorizontalFlip()])
+        pipeline.reseed(seed)
+        return pipeline(item)["image"]
+
+    # numpy integers (e.g. base_seed + worker_id from a numpy array) used to reseed from OS entropy
+    np.testing.assert_array_equal(run(np.int64(7)), run(np.int64(7)))
+    np.testing.assert_array_equal(run(np.int64(7)), run(7))

@@ -111,6 +111,24 @@ def test_sa1b_size_mismatch_and_bad_json(sa1b):
         SA1BDataset(root)[1]
 
 
+@pytest.mark.parametrize("counts", [[-5, 1205], [600.5, 599.5], [True, 1199]])
+def test_sa1b_uncompressed_rle_must_hold_non_negative_integers(sa1b, counts):
+    root, _ = sa1b  # pycocotools casts to uint32: -5 overflowed with no file named, 600.5 was truncated
+    edit_json(root / "sa_1.json", lambda d: d["annotations"][1].update(segmentation={"size": [H, W], "counts": counts}))
+    with pytest.raises(ValueError, match=r"sa_1\.json, annotation id 12: broken RLE: uncompressed counts must be non-negative"):
+        SA1BDataset(root)[0]
+
+
+def test_write_sa1b_json_checks_mask_shapes_and_lengths(tmp_path):
+    with pytest.raises(ValueError, match=r"mask 1 has shape \(20, 20\)"):
+        write_sa1b_json(tmp_path / "sa_1.json", 1, "sa_1.jpg", [rect(0, 5, 0, 5), np.ones((20, 20), bool)])
+    with pytest.raises(ValueError, match="1 extra entries for 2 masks"):
+        write_sa1b_json(tmp_path / "sa_1.json", 1, "sa_1.jpg", [rect(0, 5, 0, 5)] * 2, extra=[{}])
+    with pytest.raises(ValueError, match="2 ids entries for 1 masks"):
+        write_sa1b_json(tmp_path / "sa_1.json", 1, "sa_1.jpg", [rect(0, 5, 0, 5)], ids=[1, 2])
+    assert not list(tmp_path.iterdir())
+
+
 def test_rle_counts_matches_pycocotools():
     rng = np.random.default_rng(0)
     for _ in range(50):
@@ -191,6 +209,32 @@ def test_coco_errors(coco, tmp_path):
         CocoInstancesDataset(images, path)[1]
 
 
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # pycocotools rasterises whatever extent it is given: these crashed or exhausted memory
+        (lambda d: d["annotations"][0].update(segmentation=[[10.0, 5.0, float("nan"), 5.0, 30.0, 25.0]]), "polygon coordinates"),
+        (lambda d: d["annotations"][0].update(segmentation=[[10.0, 5.0, 1e12, 5.0, 30.0, 25.0]]), "polygon coordinates"),
+        (lambda d: d["annotations"][0].update(category_id="box"), "'category_id' must be an integer"),
+        (lambda d: d["images"][0].update(height="abc"), "'height' must be a positive integer"),
+        (lambda d: d["annotations"][1].update(segmentation={"size": [H, W], "counts": [-5, 1205]}), "uncompressed counts"),
+    ],
+)
+def test_coco_bad_values_name_the_file(coco, tmp_path, edit, message):
+    images, path, _ = coco
+    doc = json.loads(path.read_text())
+    edit(doc)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=rf"bad\.json.*{message}"):
+        CocoInstancesDataset(images, bad)[0]
+    doc["categories"][0]["id"] = "box"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"bad\.json: every category needs an integer 'id'"):
+        CocoInstancesDataset(images, bad)
+
+
 # ------------------------------------------------------------------------------------------- folder
 def test_folder_both_layouts(tmp_path):
     images, masks = tmp_path / "images", tmp_path / "masks"
@@ -229,6 +273,30 @@ def test_folder_errors(tmp_path):
     write_png(masks / "one" / "m.png", np.zeros((H, W - 1), np.uint8))
     with pytest.raises(ValueError, match=r"mask .*one/m\.png is 30×39"):
         MaskFolderDataset(images, masks)[0]
+
+
+
+def test_folder_without_mask_pngs_fails_on_load_too(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    write_png(images / "one.png", image())
+    write_png(masks / "one" / "m.jpg", rect(0, 5, 0, 5).astype(np.uint8) * 255)  # not a PNG: ignored
+    ds = MaskFolderDataset(images, masks)
+    for load in (lambda: ds[0], lambda: ds.load_masks(0)):  # ds[0] used to give an item without masks
+        with pytest.raises(ValueError, match=r"mask folder .*masks/one holds no PNG files"):
+            load()
+
+
+def test_folder_rgba_label_png_transparent_background(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    write_png(images / "one.png", image())
+    labels = np.zeros((H, W, 4), np.uint8)
+    labels[..., :3] = 255  # transparent white, as image editors often save an empty layer
+    labels[0:5, 0:5] = (255, 0, 0, 255)
+    labels[10:15, 0:5] = (0, 128, 0, 255)
+    write_png(masks / "one.png", labels)
+    item = MaskFolderDataset(images, masks)[0]
+    assert item["names"] == ["#008000", "#ff0000"]
+    np.testing.assert_array_equal(item["masks"], np.stack([rect(10, 15, 0, 5), rect(0, 5, 0, 5)]))
 
 
 # ------------------------------------------------------------------------------------------- item helpers

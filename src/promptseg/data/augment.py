@@ -137,7 +137,11 @@ class LargeScaleJitter(_Random):
 
 
 class RandomHorizontalFlip(_Random):
-    """Mirror image and masks left–right with probability ``p``."""
+    """Mirror image and masks left–right with probability ``p``.
+
+    For a padded item (with ``"valid_size"``, from :class:`LargeScaleJitter`) only the valid region is
+    mirrored, so the padding stays at the bottom/right.
+    """
 
     def __init__(self, p: float = 0.5, rng: RngLike = None) -> None:
         super().__init__(rng)
@@ -148,8 +152,11 @@ class RandomHorizontalFlip(_Random):
         if g.random() >= self.p:
             return dict(item)
         result = dict(item)
-        result["image"] = np.ascontiguousarray(item["image"][:, ::-1])
-        result["masks"] = np.ascontiguousarray(item["masks"][:, :, ::-1])
+        vw = int(item["valid_size"][1]) if "valid_size" in item else item["image"].shape[1]
+        image, masks = item["image"].copy(), item["masks"].copy()
+        image[:, :vw] = item["image"][:, :vw][:, ::-1]
+        masks[:, :, :vw] = item["masks"][:, :, :vw][:, :, ::-1]
+        result["image"], result["masks"] = image, masks
         return result
 
 
@@ -177,7 +184,7 @@ class Compose:
         return item
 
     def reseed(self, seed: RngLike) -> None:
-        base = np.random.SeedSequence(seed if isinstance(seed, int) else None) if not isinstance(
+        base = np.random.SeedSequence(seed if isinstance(seed, (int, np.integer)) else None) if not isinstance(
             seed, np.random.Generator
         ) else None
         for i, t in enumerate(self.transforms):

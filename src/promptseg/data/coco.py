@@ -71,7 +71,10 @@ class CocoInstancesDataset(MaskDataset):
             raise ValueError(f"{self.annotations_json}: malformed COCO entry (missing {err})") from None
         self.include_crowd = bool(include_crowd)
         self.min_area = int(min_area)
-        self.category_names: Dict[int, str] = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
+        try:
+            self.category_names: Dict[int, str] = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.annotations_json}: every category needs an integer 'id'") from None
         self.image_ids: List[int] = []
         for image_id in sorted(self.coco.imgs):
             if skip_empty and not self._annotations(image_id):
@@ -92,6 +95,13 @@ class CocoInstancesDataset(MaskDataset):
         for key in ("file_name", "height", "width"):
             if key not in info:
                 raise ValueError(f"{self.annotations_json}: image id {info.get('id')} has no {key!r}")
+        for key in ("height", "width"):
+            value = info[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value <= 0:
+                raise ValueError(
+                    f"{self.annotations_json}: image id {info.get('id')}: {key!r} must be a positive integer, got {value!r}"
+                )
+            info[key] = int(value)  # pycocotools rasterises polygons at this size and needs an int
         return info
 
     def _decode(self, info: Dict[str, Any]):
@@ -111,6 +121,14 @@ class CocoInstancesDataset(MaskDataset):
                     isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in seg
                 ):
                     raise ValueError(f"{where}: a polygon must be a list of [x0, y0, x1, y1, ...] with ≥ 3 points")
+                limit = 2 * max(h, w)  # pycocotools rasterises any extent: NaN, inf or 1e12 exhaust memory or crash
+                if not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and -limit <= v <= limit for p in seg for v in p
+                ):
+                    raise ValueError(
+                        f"{where}: polygon coordinates must be finite numbers in [-{limit}, {limit}] "
+                        f"(twice the longer side of the {h}×{w} image)"
+                    )
                 try:
                     with warnings.catch_warnings():
                         warnings.filterwarnings("ignore", message=r"__array__ implementation")
@@ -122,7 +140,11 @@ class CocoInstancesDataset(MaskDataset):
             if self.min_area and int(mask.sum()) < self.min_area:
                 continue
             masks.append(mask)
-            names.append(self.category_names.get(int(ann.get("category_id", -1)), ""))
+            try:
+                category = int(ann.get("category_id", -1))
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: 'category_id' must be an integer, got {ann.get('category_id')!r}") from None
+            names.append(self.category_names.get(category, ""))
         stack = np.stack(masks) if masks else np.zeros((0, h, w), dtype=bool)
         return stack, names, None
 

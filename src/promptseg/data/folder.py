@@ -5,7 +5,8 @@ For each image ``images_dir/<stem>.<jpg|jpeg|png>`` the masks are either
 * a folder of binary PNGs, ``masks_dir/<stem>/*.png`` (any non-zero pixel is inside; for PNGs with an
   alpha channel that is not fully opaque, the alpha channel is the mask); ``names`` are the file stems; or
 * one label PNG, ``masks_dir/<stem>.png``: 0 is background and each other value is one mask (8- or 16-bit
-  grayscale or palette indices; for an RGB label image each colour other than black is one mask);
+  grayscale or palette indices; for an RGB label image each colour other than black is one mask, and
+  fully transparent pixels of an RGBA one are background);
   ``names`` are the values as text (``"3"``, or ``"#ff8800"`` for RGB labels).
 
 If both exist the folder wins. ``parents`` is None.
@@ -61,8 +62,10 @@ def read_label_png(path: Path) -> Tuple[np.ndarray, List[str]]:
     im = _open_png(path)
     with im:
         if im.mode in ("RGB", "RGBA"):
-            rgb = np.asarray(im.convert("RGB")).astype(np.uint32)
+            rgba = np.asarray(im.convert("RGBA"))
+            rgb = rgba[..., :3].astype(np.uint32)
             labels = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+            labels[rgba[..., 3] == 0] = 0  # fully transparent pixels are background, whatever their colour
             values = [int(v) for v in np.unique(labels) if v != 0]
             names = [f"#{v:06x}" for v in values]
         else:
@@ -130,6 +133,8 @@ class MaskFolderDataset(MaskDataset):
         source = self._source(image)
         if source.is_dir():
             files = sorted(p for p in source.iterdir() if p.suffix.lower() == ".png" and p.is_file())
+            if not files:
+                raise ValueError(f"mask folder {source} holds no PNG files (image {image})")
             masks, names = [], []
             for f in files:
                 m = read_binary_mask(f)
@@ -139,9 +144,7 @@ class MaskFolderDataset(MaskDataset):
                     raise ValueError(f"mask {f} is {m.shape[0]}×{m.shape[1]} but image {image} is {size[0]}×{size[1]}")
                 masks.append(m)
                 names.append(f.stem)
-            if size is None:
-                raise ValueError(f"mask folder {source} holds no PNG files (image {image})")
-            stack = np.stack(masks) if masks else np.zeros((0,) + tuple(size), dtype=bool)
+            stack = np.stack(masks)
         else:
             stack, names = read_label_png(source)
             if size is not None and stack.shape[1:] != tuple(size):

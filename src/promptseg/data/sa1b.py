@@ -92,6 +92,11 @@ def decode_rle(rle: Any, height: int, width: int, where: str) -> np.ndarray:
             raise ValueError(f"{where}: broken RLE: negative or zero run lengths")
         if int(runs.sum()) != h * w:
             raise ValueError(f"{where}: broken RLE: run lengths sum to {int(runs.sum())}, expected {h}×{w} = {h * w}")
+    elif isinstance(counts, list):  # uncompressed; pycocotools casts to uint32 (wraps or overflows)
+        if not all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) and c >= 0 and float(c).is_integer() for c in counts
+        ):
+            raise ValueError(f"{where}: broken RLE: uncompressed counts must be non-negative integers")
     try:
         return rle_to_mask({"size": [h, w], "counts": counts})
     except (TypeError, ValueError) as err:
@@ -238,6 +243,12 @@ def write_sa1b_json(
     if not masks:
         raise ValueError("write_sa1b_json needs the image size: pass at least one mask")
     h, w = masks[0].shape
+    for k, mask in enumerate(masks):
+        if np.shape(mask) != (h, w):
+            raise ValueError(f"write_sa1b_json ({path}): mask {k} has shape {np.shape(mask)}, mask 0 has {(h, w)}")
+    for arg, values in (("extra", extra), ("ids", ids)):
+        if values is not None and len(values) != len(masks):
+            raise ValueError(f"write_sa1b_json ({path}): {len(values)} {arg} entries for {len(masks)} masks")
     anns = []
     for k, mask in enumerate(masks):
         ann: Dict[str, Any] = {
