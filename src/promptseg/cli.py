@@ -40,6 +40,9 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
+        for option, syntax in (("--point", "X,Y"), ("--box", "X0,Y0,X1,Y1")):
+            if message == f"argument {option}: expected one argument":  # argparse reads "-5,10" as an option
+                message += f" (a value starting with '-' must be attached: {option}={syntax})"
         raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
@@ -141,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment an image from point and box prompts",
         description=(
             "Segment IMAGE from clicks and/or boxes. Writes OUT/mask.png (the best-scoring mask; mask_0.png, "
-            "mask_1.png, … with several boxes), OUT/overlay.png and, with --rle, OUT/masks.json. "
-            "Coordinates are pixels, x right and y down."
+            "mask_1.png, … with several boxes), OUT/overlay.png and, with --rle, OUT/masks.json "
+            "(such files of an earlier run into OUT are removed). Coordinates are pixels, x right and y down."
         ),
     )
     p.add_argument("image", metavar="IMAGE", help="image file (JPEG, PNG, …)")
@@ -429,7 +432,21 @@ def cmd_segment(args: argparse.Namespace) -> int:
             "masks": records,
         }
         print(f"masks (COCO RLE): {io.save_json(doc, out / 'masks.json')}")
+    _remove_stale_outputs(out, keep=set(names) | ({"masks.json"} if args.rle else set()))
     return 0
+
+
+def _remove_stale_outputs(out: Path, keep: set) -> None:
+    """Delete what an earlier ``segment`` into ``out`` wrote and this one did not (``mask_3.png`` of a run
+    with more boxes, ``masks.json`` of a run with ``--rle``), so the folder describes one run. Only
+    ``segment``'s own names are touched, and only after the new files are written."""
+    import re
+
+    for path in out.iterdir():
+        ours = re.fullmatch(r"mask(_\d+)?\.png|masks\.json", path.name)
+        if ours and path.name not in keep and path.is_file():
+            path.unlink()
+            print(f"removed stale {path} (from an earlier run)")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from promptseg.models.sam.mask_decoder import ImageKeys
 from promptseg.models.sam.sam import Sam
-from promptseg.prompts import check_boxes, check_points
+from promptseg.prompts import as_array, check_boxes, check_points
 from promptseg.transforms import ResizeLongestSide, get_preprocess_shape, mask_to_logits, to_rgb_uint8
 
 Size = Tuple[int, int]
@@ -64,7 +64,8 @@ class SamPredictor:
     def set_torch_image(self, transformed_image: Tensor, original_image_size: Tuple[int, ...]) -> None:
         """Encode an image already resized by ``self.transform``: ``1×3×h×w`` with ``max(h, w) == img_size``."""
         self._check_torch_image(transformed_image)
-        self._encode([transformed_image], [tuple(original_image_size)], 1)
+        original = self._check_original_size(original_image_size, tuple(transformed_image.shape[-2:]))
+        self._encode([transformed_image], [original], 1)
 
     def _check_torch_image(self, image: Tensor) -> None:
         size = self.model.image_encoder.img_size
@@ -74,6 +75,23 @@ class SamPredictor:
             raise ValueError(
                 f"transformed_image must have shape 1×3×H×W with longest side {size}, got {tuple(image.shape)}"
             )
+
+    def _check_original_size(self, size: object, input_size: Size) -> Size:
+        """``original_image_size`` as ``(H, W)`` ints ≥ 1 that ``self.transform`` resizes to ``input_size``
+        (±1 px of rounding): a swapped or wrong size would silently mis-scale prompts and masks."""
+        try:
+            h, w = (float(s) for s in size)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise ValueError(f"original_image_size must be (H, W), got {size!r}") from None
+        if not (h.is_integer() and w.is_integer() and h >= 1 and w >= 1):
+            raise ValueError(f"original_image_size must be two integers ≥ 1 (H, W), got {size!r}")
+        expected = get_preprocess_shape(h, w, self.transform.target_length)
+        if max(abs(a - b) for a, b in zip(expected, input_size)) > 1:
+            raise ValueError(
+                f"original_image_size (H, W) = ({h:.0f}, {w:.0f}) resizes to {expected}, but transformed_image "
+                f"is {input_size[0]}×{input_size[1]}: pass the size of the image before self.transform"
+            )
+        return int(h), int(w)
 
     @torch.no_grad()
     def _encode(self, images: List[Tensor], original_sizes: List[Tuple[int, ...]], batch_size: int) -> None:
@@ -125,7 +143,7 @@ class SamPredictor:
 
         Args:
             point_coords: ``N×2`` clicks (x, y) in original-image pixels.
-            point_labels: ``N`` labels, 1 foreground / 0 background.
+            point_labels: ``N`` labels, 1 foreground / 0 background (-1 padding, 2 / 3 box corners).
             box: ``4`` XYXY box in original-image pixels.
             mask_input: ``1×256×256`` logits from a previous call, or a binary ``H×W`` mask (bool/uint8).
             multimask_output: 3 ambiguity-aware masks (True) or 1 (False); ``"auto"``: 3 only for a
@@ -202,7 +220,7 @@ class SamPredictor:
 
     def _mask_prompt(self, mask_input: np.ndarray, original: Size, batched: bool) -> Tensor:
         """Logits (float, ``[B×]1×h×w``) or binary masks (bool/uint8, ``[B×]H×W``) → ``B×1×h×w`` logits."""
-        arr = np.asarray(mask_input)
+        arr = as_array(mask_input, "mask_input")
         low = self.model.prompt_encoder.mask_input_size
         if batched and (arr.ndim < 3 or arr.shape[0] == 0):
             raise ValueError(f"mask_input must hold B ≥ 1 masks (B×H×W or B×1×{low[0]}×{low[1]}), got {arr.shape}")
@@ -300,5 +318,7 @@ class SamPredictor:
     def _require_image(self, image_index: int = 0) -> None:
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        if isinstance(image_index, (bool, np.bool_)) or not isinstance(image_index, (int, np.integer)):
+            raise TypeError(f"image_index must be an int, got {image_index!r}")
         if not 0 <= image_index < len(self.original_sizes):
             raise ValueError(f"image_index must be in [0, {len(self.original_sizes)}), got {image_index}")

@@ -62,8 +62,16 @@ def sparse_prompt(
 Size = Tuple[int, int]
 
 
+def as_array(value: object, name: str) -> np.ndarray:
+    """``np.asarray(value)``; a ragged nested sequence is a ``ValueError`` naming ``name``."""
+    try:
+        return np.asarray(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a rectangular array, got a ragged sequence (rows of unequal length)") from None
+
+
 def _numeric(value: object, name: str) -> np.ndarray:
-    arr = np.asarray(value)
+    arr = as_array(value, name)
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
@@ -77,24 +85,31 @@ def check_points(
     """Validate clicks in original-image pixels → ``(coords B×N×2 float64, labels B×N int64)``.
 
     ``batched=False`` expects ``N×2`` / ``N``; ``batched=True`` expects ``B×N×2`` / ``B×N``. Labels are
-    1 (foreground), 0 (background) or -1 (padding); coordinates must lie inside the image.
+    1 (foreground), 0 (background), -1 (padding) or 2 / 3 (a box's top-left / bottom-right corner, as the
+    reference accepts); coordinates other than padding must lie inside the image.
     """
     lead = "B×N" if batched else "N"
     if point_labels is None:
         raise ValueError("point_labels must be given with point_coords")
     coords = _numeric(point_coords, "point_coords").astype(np.float64)
-    labels = _numeric(point_labels, "point_labels")
+    labels = as_array(point_labels, "point_labels")
+    if labels.dtype == np.bool_:  # True / False = foreground / background, as the reference reads them
+        labels = labels.astype(np.int64)
+    labels = _numeric(labels, "point_labels")
     ndim = 3 if batched else 2
     if coords.ndim != ndim or coords.shape[-1] != 2 or coords.shape[-2] == 0 or coords.shape[0] == 0:
         raise ValueError(f"point_coords must have shape {lead}×2 with {'B, ' if batched else ''}N ≥ 1, got {coords.shape}")
     if labels.shape != coords.shape[:-1]:
         raise ValueError(f"point_labels must have shape {lead} = {coords.shape[:-1]}, got {labels.shape}")
     if np.issubdtype(labels.dtype, np.floating) and not np.all(labels == np.round(labels)):
-        raise ValueError("point_labels must be integers (1 foreground, 0 background, -1 padding)")
+        raise ValueError(f"point_labels must be integers in {list(VALID_LABELS)}")
     labels = labels.astype(np.int64)
-    bad = sorted(set(np.unique(labels).tolist()) - {PAD_LABEL, NEGATIVE_LABEL, POSITIVE_LABEL})
+    bad = sorted(set(np.unique(labels).tolist()) - set(VALID_LABELS))
     if bad:
-        raise ValueError(f"point_labels must be 1 (foreground), 0 (background) or -1 (padding), got {bad}")
+        raise ValueError(
+            "point_labels must be 1 (foreground), 0 (background), -1 (padding), 2 (box top-left) or "
+            f"3 (box bottom-right), got {bad}"
+        )
     h, w = image_size
     outside = (coords[..., 0] < 0) | (coords[..., 0] > w) | (coords[..., 1] < 0) | (coords[..., 1] > h)
     outside &= labels != PAD_LABEL

@@ -36,6 +36,10 @@ class ResizeLongestSide:
     def __init__(self, target_length: int) -> None:
         self.target_length = target_length
 
+    #: ``(h, w)`` after resizing ``(oldh, oldw)`` to a longest side of ``long_side_length`` (the reference's
+    #: static method, e.g. ``predictor.transform.get_preprocess_shape(h, w, 1024)``).
+    get_preprocess_shape = staticmethod(get_preprocess_shape)
+
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """``H×W×3`` uint8 → resized ``h×w×3`` uint8 (PIL bilinear, as the reference)."""
         h, w = get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
@@ -74,10 +78,13 @@ def to_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     * ``H×W`` or ``H×W×1`` grayscale → replicated to 3 channels;
     * ``H×W×4`` (RGBA) → alpha dropped;
     * uint8 as is; uint16 scaled by 255/65535; bool → {0, 255};
-    * float16/32/64 must lie in [0, 1] and are scaled by 255 (rounded).
+    * float16/32/64 must lie in [0, 1] and are scaled by 255 (rounded);
+    * big-endian arrays (FITS, some TIFF readers) as their native-order equivalents.
     """
     if not isinstance(image, np.ndarray):
         raise TypeError(f"{name} must be a numpy array (H×W, H×W×1, H×W×3 or H×W×4), got {type(image).__name__}")
+    if not image.dtype.isnative:  # ">u2" is uint16 too: compare dtypes in native byte order
+        image = image.astype(image.dtype.newbyteorder("="))
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):

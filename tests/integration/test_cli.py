@@ -118,6 +118,21 @@ def test_segment_several_boxes_with_rle(files, capsys, tmp_path):
         assert record["prompt"]["box"] == [float(v) for v in [[0, 0, 40, 30], [30, 20, 96, 72], [5, 40, 50, 70]][i]]
 
 
+def test_segment_again_into_the_same_folder_removes_its_stale_outputs(files, capsys, tmp_path):
+    """A second run leaves no mask_K.png / masks.json of the first one behind, and nothing else is touched."""
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "segment", files["image"], "--checkpoint", files["ckpt"],
+                       "--box", "0,0,40,30", "--box", "30,20,96,72", "--rle", "-o", out)
+    assert code == 0, err
+    (out / "notes.txt").write_text("mine")
+    (out / "mask_final.png").write_bytes(b"not ours")
+    code, stdout, err = run(capsys, "segment", files["image"], "--checkpoint", files["ckpt"],
+                            "--point", "40,30", "-o", out)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["mask.png", "mask_final.png", "notes.txt", "overlay.png"]
+    assert stdout.count("removed stale") == 3
+
+
 def test_segment_matches_the_predictor(files, capsys, tmp_path):
     """The CLI is a thin layer: its mask is the predictor's best mask for the same prompt."""
     from promptseg import SamPredictor
@@ -330,6 +345,9 @@ def test_no_default_model(files, capsys, tmp_path, monkeypatch):
         (["--point", "5,5,7"], "LABEL must be 1"),
         (["--point", "a,b"], "invalid point 'a,b'"),
         (["--point", "500,5"], "--point 500,5 lies outside the image"),
+        (["--point", "-5,5"], "expected one argument (a value starting with '-' must be attached: --point=X,Y)"),
+        (["--point=-5,5"], "--point -5,5 lies outside the image"),
+        (["--box", "-1,0,10,10"], "--box=X0,Y0,X1,Y1"),
         (["--box", "1,2,3"], "invalid box '1,2,3'"),
         (["--box", "50,50,10,10"], "X0 ≤ X1"),
         (["--box", "0,0,97,10"], "reaches outside the image"),

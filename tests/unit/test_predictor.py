@@ -86,6 +86,9 @@ def test_set_torch_image_matches_set_image(tiny_sam, image, predictor):
     p.set_torch_image(transformed, image.shape[:2])
     assert torch.equal(p.features, predictor.features)
     assert p.original_size == (H, W) and p.input_size == (80, 128)
+    for size in ([H, W], np.array([H, W]), torch.tensor([H, W]), (float(H), float(W))):  # any (H, W) pair of ints
+        p.set_torch_image(transformed, size)
+        assert p.original_size == (H, W)
 
 
 @pytest.mark.parametrize("parts", ["model", "encoder", "encoder+transformer"])
@@ -332,8 +335,13 @@ def test_bad_image_in_a_batch_is_named(tiny_sam, helpers):
         (lambda p, im: p.set_torch_image(torch.zeros(1, 3, 64, 64), (64, 64)), ValueError, "transformed_image"),
         (lambda p, im: p.set_torch_image(torch.zeros(3, 128, 128), (64, 64)), ValueError, "transformed_image"),
         (lambda p, im: p.set_torch_image(torch.zeros(2, 3, 128, 128), (64, 64)), ValueError, "transformed_image"),
+        (lambda p, im: p.set_torch_image(torch.zeros(1, 3, 80, 128), (100, 160, 3)), ValueError, "original_image_size"),
+        (lambda p, im: p.set_torch_image(torch.zeros(1, 3, 80, 128), (0, 0)), ValueError, "original_image_size"),
+        (lambda p, im: p.set_torch_image(torch.zeros(1, 3, 80, 128), (100.5, 160)), ValueError, "original_image_size"),
+        (lambda p, im: p.set_torch_image(torch.zeros(1, 3, 80, 128), (160, 100)), ValueError, "original_image_size"),
     ],
-    ids=["format", "empty_list", "ndarray_batch", "batch_size0", "numpy_torch_image", "torch_small", "torch_3d", "torch_b2"],
+    ids=["format", "empty_list", "ndarray_batch", "batch_size0", "numpy_torch_image", "torch_small", "torch_3d", "torch_b2",
+         "original_hwc", "original_0", "original_float", "original_swapped"],
 )
 def test_bad_image_calls(tiny_sam, helpers, call, exc, match):
     with pytest.raises(exc, match=match):
@@ -375,6 +383,40 @@ def test_binary_mask_prompt_changes_the_result(predictor):
     assert np.abs(with_mask[2] - without[2]).max() > 1e-3
 
 
+def test_box_corner_labels_are_accepted_as_the_reference_onnx_model_embeds_them(predictor, ref_predictor, helpers):
+    """Labels 2 / 3 (a box's corners given as clicks, as in SAM's ONNX example) are accepted and embedded
+    as box corners, like the reference's ``SamOnnxModel`` (its ``SamPredictor`` gives them no label
+    embedding at all), with the padding point the predictor appends when there is no box."""
+    from segment_anything.utils.onnx import SamOnnxModel
+
+    onnx = SamOnnxModel(ref_predictor.model, return_single_mask=False)
+    coords, labels = np.array([[30.0, 30.0], [10.0, 10.0], [70.0, 60.0]]), np.array([1, 2, 3])
+    for n in (2, 3):  # the corners alone, then a click and the corners
+        pts, lbl = coords[-n:], labels[-n:]
+        onnx_coords = np.concatenate([ref_predictor.transform.apply_coords(pts, (H, W)), [[0.0, 0.0]]])[None]
+        with torch.no_grad():
+            _, scores, low = onnx(
+                ref_predictor.features, torch.as_tensor(onnx_coords, dtype=torch.float),
+                torch.as_tensor(np.append(lbl, -1)[None], dtype=torch.float), torch.zeros(1, 1, 32, 32),
+                torch.zeros(1), torch.tensor([H, W], dtype=torch.float),
+            )
+        for multimask, tokens in ((True, slice(1, None)), (False, slice(0, 1))):
+            _, got_scores, got_low = predictor.predict(pts, lbl, multimask_output=multimask)
+            helpers.assert_close(got_low, low[0, tokens], "low-res logits")
+            helpers.assert_close(got_scores, scores[0, tokens], "IoU predictions")
+    many = predictor.predict_many(coords[None, 1:], labels[None, 1:], multimask_output=False)
+    helpers.assert_close(many[2][0], predictor.predict(coords[1:], labels[1:], multimask_output=False)[2], "predict_many")
+
+
+def test_bool_point_labels_read_as_foreground_background(predictor, ref_predictor, helpers):
+    """``labels = gt_mask[ys, xs]`` is bool: True / False are 1 / 0, as the reference reads them."""
+    coords = np.array([[30, 40], [100, 60]])
+    got, _ = helpers.compare_predict(ref_predictor, predictor, point_coords=coords, point_labels=np.array([True, False]))
+    expected = predictor.predict(coords, np.array([1, 0]))
+    for a, b in zip(got, expected):
+        assert np.array_equal(a, b)
+
+
 def test_mask_logits_from_a_previous_call(predictor, ref_predictor, helpers):
     _, scores, low = predictor.predict(np.array([[60, 40]]), np.array([1]))
     best = low[np.argmax(scores)][None]
@@ -402,12 +444,14 @@ BAD_PREDICT = [
     (dict(point_coords=np.array([["a", "b"]]), point_labels=L1), TypeError, "point_coords"),
     (dict(point_coords=np.array([[True, False]]), point_labels=L1), TypeError, "point_coords"),
     (dict(point_coords=np.array([[object(), 1]], dtype=object), point_labels=L1), TypeError, "point_coords"),
+    (dict(point_coords=[[1.0, 2.0], [3.0]], point_labels=[1, 1]), ValueError, "point_coords"),  # ragged list
     # point_labels
     (dict(point_coords=P1), ValueError, "point_labels"),
     (dict(point_labels=L1), ValueError, "point_labels"),
     (dict(point_coords=P1, point_labels=np.array([1, 0])), ValueError, "point_labels"),
     (dict(point_coords=P1, point_labels=np.array([[1]])), ValueError, "point_labels"),
-    (dict(point_coords=P1, point_labels=np.array([2])), ValueError, "point_labels"),
+    (dict(point_coords=P1, point_labels=np.array([4])), ValueError, "point_labels"),
+    (dict(point_coords=P1, point_labels=np.array([-2])), ValueError, "point_labels"),
     (dict(point_coords=P1, point_labels=np.array([0.5])), ValueError, "point_labels"),
     (dict(point_coords=P1, point_labels=np.array([np.nan])), ValueError, "point_labels"),
     (dict(point_coords=P1, point_labels=np.array(["1"])), TypeError, "point_labels"),
@@ -422,6 +466,7 @@ BAD_PREDICT = [
     (dict(box=np.array([np.nan, 10.0, 20.0, 20.0])), ValueError, "box"),
     (dict(box=np.array(["a", "b", "c", "d"])), TypeError, "box"),
     (dict(box=np.zeros(4, dtype=object)), TypeError, "box"),
+    (dict(box=[[1.0, 2.0, 3.0, 4.0], [1.0]]), ValueError, "box"),
     # mask_input
     (dict(mask_input=np.zeros((1, 64, 64), np.float32)), ValueError, "mask_input"),
     (dict(mask_input=np.zeros((32, 32), np.float32)), ValueError, "mask_input"),
@@ -432,10 +477,13 @@ BAD_PREDICT = [
     (dict(mask_input=np.zeros((1, H, W), bool)), ValueError, "mask_input"),
     (dict(mask_input=np.zeros((H, W), np.int32)), TypeError, "mask_input"),
     (dict(mask_input=np.zeros((1, 32, 32), object)), TypeError, "mask_input"),
+    (dict(mask_input=[[[0.0] * 32] * 31 + [[0.0] * 31]]), ValueError, "mask_input"),
     # the prompt as a whole
     (dict(), ValueError, "empty prompt"),
     (dict(point_coords=P1, point_labels=L1, multimask_output="yes"), TypeError, "multimask_output"),
     (dict(point_coords=P1, point_labels=L1, multimask_output=None), TypeError, "multimask_output"),
+    (dict(point_coords=P1, point_labels=L1, image_index=0.0), TypeError, "image_index"),
+    (dict(point_coords=P1, point_labels=L1, image_index=True), TypeError, "image_index"),
 ]
 
 
@@ -491,4 +539,5 @@ def test_valid_edge_prompts_are_accepted(predictor):
     predictor.predict(box=[1, 2, 30, 40])
     predictor.predict(np.array([[10, 10], [-50, 999]]), np.array([1, -1]))  # padding may lie anywhere
     predictor.predict(np.array([[10, 10]], np.int64), np.array([1.0]))  # integral float labels
+    predictor.predict(np.array([[10, 10]], np.int64), np.array([1.0]), image_index=np.int64(0))  # numpy int index
     predictor.predict(mask_input=np.zeros((1, 32, 32), np.float64))

@@ -111,6 +111,14 @@ def test_check_points_integer_valued_float_labels_are_accepted():
     assert labels.dtype == np.int64 and labels.tolist() == [[1]]
 
 
+def test_check_points_accepts_box_corner_labels_and_rejects_others():
+    _, labels = check_points([[1, 1], [5, 5]], [2, 3], (10, 10), batched=False)
+    assert labels.tolist() == [[2, 3]]
+    for bad in (4, -2):
+        with pytest.raises(ValueError, match=r"point_labels.*\[" + str(bad) + r"\]"):
+            check_points([[1, 1]], [bad], (10, 10), batched=False)
+
+
 def test_check_boxes_shapes():
     assert check_boxes([1, 2, 3, 4], (10, 10), batched=False).shape == (1, 4)
     assert check_boxes([[1, 2, 3, 4]], (10, 10), batched=False).shape == (1, 4)

@@ -24,6 +24,9 @@ SIZES = [(100, 160), (160, 100), (128, 128), (1, 517), (333, 7), (1024, 768), (5
 def test_preprocess_shape_matches_reference(size, target):
     assert get_preprocess_shape(*size, target) == RefResize.get_preprocess_shape(*size, target)
     assert max(get_preprocess_shape(*size, target)) == target
+    # the reference's static method, called on the class and on an instance (``predictor.transform``)
+    assert ResizeLongestSide.get_preprocess_shape(*size, target) == RefResize.get_preprocess_shape(*size, target)
+    assert ResizeLongestSide(target).get_preprocess_shape(*size, target) == get_preprocess_shape(*size, target)
 
 
 @pytest.mark.parametrize("size", [(100, 160), (160, 100), (37, 53), (128, 128)])
@@ -107,6 +110,14 @@ def test_uint16_float_and_bool_are_scaled(helpers):
     assert np.array_equal(to_rgb_uint8(mask), np.repeat(np.where(mask, 255, 0).astype(np.uint8)[..., None], 3, 2))
     assert to_rgb_uint8(np.full((2, 2), 65535, np.uint16)).max() == 255
     assert to_rgb_uint8(np.ones((2, 2), np.float32)).max() == 255
+
+
+def test_big_endian_images_are_converted_like_native_ones(helpers):
+    rgb = helpers.make_image(5, 7)
+    assert np.array_equal(to_rgb_uint8((rgb.astype(np.uint16) * 257).astype(">u2")), rgb)
+    assert np.array_equal(to_rgb_uint8((rgb / 255.0).astype(">f4")), rgb)
+    with pytest.raises(TypeError, match="dtype"):
+        to_rgb_uint8(rgb.astype(">i4"))
 
 
 @pytest.mark.parametrize(
