@@ -31,6 +31,8 @@ accepts (grayscale, RGBA, 16-bit, float).
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -323,6 +325,18 @@ class SamAutomaticMaskGenerator:
             pycocotools_mask()
         if min_mask_region_area > 0:
             opencv()
+        for name, value, low, high in (
+            ("pred_iou_thresh", pred_iou_thresh, -math.inf, math.inf),
+            ("stability_score_thresh", stability_score_thresh, -math.inf, math.inf),
+            ("stability_score_offset", stability_score_offset, 0.0, math.inf),
+            ("box_nms_thresh", box_nms_thresh, 0.0, 1.0),
+            ("crop_nms_thresh", crop_nms_thresh, 0.0, 1.0),
+            ("crop_overlap_ratio", crop_overlap_ratio, 0.0, 1.0),
+        ):  # a NaN threshold would silently keep no mask
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
         if not isinstance(points_per_batch, int) or points_per_batch < 1:
             raise ValueError(f"points_per_batch must be a positive integer, got {points_per_batch!r}")
         if max_masks is not None and (not isinstance(max_masks, int) or max_masks < 1):

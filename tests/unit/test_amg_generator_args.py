@@ -1,0 +1,31 @@
+"""``SamAutomaticMaskGenerator`` checks its numeric options when it is built, not after the encoder ran."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("torch")
+
+from promptseg import SamAutomaticMaskGenerator  # noqa: E402
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("pred_iou_thresh", math.nan, "pred_iou_thresh must be a finite number"),  # silently kept no mask before
+    ("stability_score_thresh", math.inf, "stability_score_thresh must be a finite number"),
+    ("stability_score_offset", -1.0, r"stability_score_offset must be in \[0, inf\]"),
+    ("box_nms_thresh", 1.5, r"box_nms_thresh must be in \[0, 1\]"),
+    ("crop_nms_thresh", "0.7", "crop_nms_thresh must be a finite number"),
+    ("crop_overlap_ratio", True, "crop_overlap_ratio must be a finite number"),
+])
+def test_bad_numeric_options_name_the_option(tiny_sam, option, value, expected):
+    with pytest.raises(ValueError, match=expected):
+        SamAutomaticMaskGenerator(tiny_sam, points_per_side=4, **{option: value})
+
+
+def test_edge_values_are_accepted(tiny_sam):
+    import numpy as np
+
+    SamAutomaticMaskGenerator(tiny_sam, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0,
+                              box_nms_thresh=1.0, crop_nms_thresh=0.0, crop_overlap_ratio=np.float32(0.3))
