@@ -123,6 +123,22 @@ def test_a_run_extended_with_later_milestones_equals_a_run_started_with_them(tmp
     assert [float(r["lr"]) for r in read_metrics(short)][-2:] == [r["lr"] for r in reference.history][-2:]
 
 
+def test_a_run_stopped_at_its_milestone_and_extended_takes_the_next_step_at_the_new_lr(tmp_path):
+    """Stopped after step 2 with milestone 2: the saved lr of the next step is already decayed; the extended
+    schedule (milestone 5) must set it back, in every parameter group, before that step is taken."""
+    from promptseg.train.cli import main
+
+    longer = {"max_steps": 4, "milestones": [5]}
+    train(make_config(tmp_path / "full", **longer))
+    short = tmp_path / "short"
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(config_dict(short, max_steps=2, milestones=[2])))
+    assert main([str(path)]) == 0
+    path.write_text(json.dumps(config_dict(short, **longer)))
+    assert main([str(path), "--resume"]) == 0
+    assert read_metrics(short) == read_metrics(tmp_path / "full")
+
+
 def test_uniform_weight_average_exports_the_mean_of_the_steps_after_its_start(tmp_path):
     from promptseg import load_sam
     from promptseg.checkpoint import read_state_dict

@@ -141,7 +141,7 @@ def evaluate(
         pixels = gts.shape[-2] * gts.shape[-1]
         areas = gts.reshape(len(gts), -1).sum(axis=1)
         least = max(config.min_area, config.min_area_fraction * pixels)
-        keep = [k for k in range(len(gts)) if areas[k] >= least]
+        keep = [k for k in range(len(gts)) if areas[k] > 0 and areas[k] >= least]  # an empty mask has no centre
         if not keep:
             continue
         predictor.set_image(image)

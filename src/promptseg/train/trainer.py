@@ -596,10 +596,16 @@ class Trainer:
         ones: a run can be extended (``--max-steps`` with later milestones) and, as long as no milestone
         has been passed, continues exactly as if it had been started with the new config."""
         schedule = WarmupStepDecay(self.config.warmup, self.config.milestones, self.config.lr_gamma)
+        changed = False
         for fn in self.scheduler.lr_lambdas:
             if isinstance(fn, WarmupStepDecay) and vars(fn) != vars(schedule):
                 logger.info("resumed run follows the lr schedule of its config %s (was %s)", vars(schedule), vars(fn))
                 fn.__dict__.update(vars(schedule))
+                changed = True
+        if changed:  # the saved lrs are the old schedule's for the step about to be taken: recompute them
+            step = self.scheduler.last_epoch
+            for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+                group["lr"] = base * fn(step)
 
     def _save(self) -> Path:
         rng = capture_rng_state()
