@@ -118,6 +118,49 @@ def test_grabcut_finds_a_contrasting_object():
     assert mask_iou(pred, gt) > 0.9
 
 
+def test_grabcut_keeps_the_last_row_and_column_of_an_inclusive_box():
+    """``mask_box`` gives inclusive corners: GrabCut's rectangle must cover column x1 and row y1, or the
+    object's own edge pixels become definite background (a tight box then loses the whole object)."""
+    rng = np.random.default_rng(0)
+    image = (rng.random((80, 80, 3)) * 60).astype(np.uint8)
+    gt = rect(h=80, w=80, y0=20, y1=60, x0=25, x1=55)
+    image[gt] = (220, 40, 30)
+    pred = grabcut_from_box(image, mask_box(gt))
+    assert pred[20:60, 54].all() and pred[59, 25:55].all()
+    assert mask_iou(pred, gt) > 0.95
+    for box in ([10, 10, 10, 10], [10, 10, 10, 20], [79, 79, 79, 79], [0, 0, 79, 78]):  # degenerate boxes run
+        assert grabcut_from_box(image, np.array(box, float)).shape == gt.shape
+    assert grabcut_from_box(image, np.array([0, 0, 79, 79], float)).all()  # the whole image
+
+
+def test_grabcut_result_does_not_depend_on_the_calls_before_it():
+    """GrabCut's k-means start draws from OpenCV's global generator: seeded per call, a mask's baseline is
+    the same whatever was evaluated before it (and in any order or subset of masks)."""
+    import cv2
+
+    from promptseg.io import read_image, sample_images
+
+    image = cv2.resize(read_image(next(p for p in sample_images() if p.name == "coffee.jpg")), (128, 96))
+    box = np.array([13, 10, 102, 86], float)  # on this photo GrabCut's result hinges on its start
+    unseeded = set()
+    for s in range(5):
+        cv2.setRNGSeed(7 * s + 1)
+        unseeded.add(int(grabcut_from_box(image, box, seed=None).sum()))
+    assert len(unseeded) > 1  # the check below is not vacuous
+    first = grabcut_from_box(image, box)
+    cv2.setRNGSeed(12345)
+    grabcut_from_box(image, np.array([5, 5, 30, 30], float), seed=None)  # other calls move the generator
+    np.testing.assert_array_equal(grabcut_from_box(image, box), first)
+
+
+def test_evaluate_skips_empty_masks_even_without_an_area_floor():
+    big = rect()
+    items = [{"image": np.zeros((*big.shape, 3), np.uint8), "masks": np.stack([big, np.zeros_like(big)])}]
+    summary, records = evaluate(OraclePredictor(big), items, EvalConfig(grabcut=False, max_clicks=2, min_area=0),
+                                progress=False)
+    assert summary["masks"] == 1 and records[0]["mask_index"] == 0
+
+
 def test_evaluate_with_a_real_model(tiny_sam):
     from promptseg import SamPredictor
 
