@@ -14,6 +14,7 @@ The numpy methods validate and convert their inputs, then call :meth:`predict_to
 
 from __future__ import annotations
 
+import itertools
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -117,6 +118,8 @@ class SamPredictor:
         self.is_image_set = False
         self._decoder_cache: Dict[int, ImageKeys] = {}
         self._dense_pe: Optional[Tensor] = None
+        self._cached_weights: Optional[Tuple[int, ...]] = None
+        self._watched: Optional[List[Tensor]] = None
         self.features: Optional[Tensor] = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size: Optional[Size] = None
@@ -286,6 +289,7 @@ class SamPredictor:
             raise ValueError("point_coords and point_labels must be given together")
         points = (point_coords, point_labels) if point_coords is not None else None
         model = self.model
+        self._drop_stale_caches()
         sparse, dense = model.prompt_encoder(points, boxes, mask_input)
         low_res, iou = model.mask_decoder(
             self.features[image_index : image_index + 1],
@@ -300,6 +304,19 @@ class SamPredictor:
         if return_logits:
             return model.postprocess_masks(low_res, size, original), iou, low_res
         return model.binary_masks(low_res, size, original), iou, low_res
+
+    def _drop_stale_caches(self) -> None:
+        """Forget the positional encoding and decoder keys cached for the set image(s) when a weight they
+        depend on was changed in place (an optimiser step, ``load_state_dict``) or its storage replaced
+        (``.to``) since: the reference recomputes them on every call, so a fine-tuning loop that prompts the
+        same image between steps must see the new weights. (The image embedding itself, as in the
+        reference, is the encoder's at ``set_image`` time; the tensors watched are listed once per image.)"""
+        if self._watched is None:
+            parts = (self.model.prompt_encoder, self.model.mask_decoder)
+            self._watched = [t for part in parts for t in itertools.chain(part.parameters(), part.buffers())]
+        weights = tuple(v for t in self._watched for v in (t._version, t.data_ptr()))
+        if weights != self._cached_weights:
+            self._decoder_cache, self._dense_pe, self._cached_weights = {}, None, weights
 
     def _image_pe(self) -> Tensor:
         if self._dense_pe is None:

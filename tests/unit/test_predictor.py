@@ -541,3 +541,28 @@ def test_valid_edge_prompts_are_accepted(predictor):
     predictor.predict(np.array([[10, 10]], np.int64), np.array([1.0]))  # integral float labels
     predictor.predict(np.array([[10, 10]], np.int64), np.array([1.0]), image_index=np.int64(0))  # numpy int index
     predictor.predict(mask_input=np.zeros((1, 32, 32), np.float64))
+
+
+def test_weights_changed_after_set_image_are_used_as_the_reference_uses_them(helpers, image):
+    """A fine-tuning loop that prompts one image between optimiser steps: the positional encoding and
+    decoder keys the predictor caches per image are recomputed once the decoder or prompt encoder changed
+    (in place or by ``load_state_dict``), as the reference recomputes them on every call."""
+    ref, ours = helpers.make_pair()
+    ref_p, our_p = segment_anything.SamPredictor(ref), SamPredictor(ours)
+    ref_p.set_image(image)
+    our_p.set_image(image)
+    prompt = dict(point_coords=np.array([[60.0, 40.0]]), point_labels=np.array([1]), multimask_output=True)
+    before = our_p.predict(**prompt)[2]  # fills the caches
+    params = list(ours.mask_decoder.parameters())
+    torch.manual_seed(0)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    torch.optim.SGD(params, lr=0.05).step()
+    with torch.no_grad():
+        ours.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(1.5)
+    ref.load_state_dict(ours.state_dict())
+    _, our_iou, our_low = our_p.predict(**prompt)
+    _, ref_iou, ref_low = ref_p.predict(**prompt)
+    assert np.abs(our_low - before).max() > 1e-2  # the change matters
+    np.testing.assert_allclose(our_low, ref_low, atol=1e-4)
+    np.testing.assert_allclose(our_iou, ref_iou, atol=1e-4)
