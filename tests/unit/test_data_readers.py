@@ -67,6 +67,18 @@ def test_sa1b_reads_masks_names_parents(sa1b):
         ds[2]
 
 
+def test_sa1b_png_image_without_file_name(sa1b):
+    """The constructor accepts ``sa_N.png`` beside ``sa_N.json``; loading finds it when the JSON names no file."""
+    import json
+
+    root, masks = sa1b
+    (root / "sa_1.jpg").rename(root / "sa_1.png")
+    doc = json.loads((root / "sa_1.json").read_text())
+    del doc["image"]["file_name"]
+    (root / "sa_1.json").write_text(json.dumps(doc))
+    np.testing.assert_array_equal(SA1BDataset(root)[0]["image"], image())
+
+
 def test_sa1b_missing_files(sa1b):
     root, _ = sa1b
     (root / "sa_2.jpg").unlink()

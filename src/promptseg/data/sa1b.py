@@ -103,6 +103,18 @@ def decode_rle(rle: Any, height: int, width: int, where: str) -> np.ndarray:
         raise ValueError(f"{where}: broken RLE: {err}") from None
 
 
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG")
+
+
+def _image_beside(annotation: Path) -> Path:
+    """The image next to ``annotation`` with its stem (``sa_N.jpg``, else ``.jpeg`` / ``.png`` / ``.JPG``);
+    the ``.jpg`` path when there is none."""
+    for suffix in _IMAGE_SUFFIXES:
+        if annotation.with_suffix(suffix).is_file():
+            return annotation.with_suffix(suffix)
+    return annotation.with_suffix(".jpg")
+
+
 class SA1BDataset(MaskDataset):
     """Images and masks in the SA-1B layout (also written by ``promptseg data synth``).
 
@@ -139,10 +151,8 @@ class SA1BDataset(MaskDataset):
         if not self.annotation_files:
             raise FileNotFoundError(f"no annotation files matching {pattern!r} in {self.root}")
         for ann in self.annotation_files:
-            image = ann.with_suffix(".jpg")
-            if not image.is_file() and not any(ann.with_suffix(s).is_file() for s in (".jpeg", ".png", ".JPG")):
-                # the JSON may name another file; checked exactly when loading
-                raise FileNotFoundError(f"image file not found for {ann}: expected {image}")
+            if not _image_beside(ann).is_file():  # the JSON may name another file; checked exactly when loading
+                raise FileNotFoundError(f"image file not found for {ann}: expected {ann.with_suffix('.jpg')}")
 
     def __len__(self) -> int:
         return len(self.annotation_files)
@@ -154,7 +164,7 @@ class SA1BDataset(MaskDataset):
             data.get("annotations"), list
         ):
             raise ValueError(f"{path} is not an SA-1B annotation file: expected keys 'image' and 'annotations'")
-        name = data["image"].get("file_name") or path.with_suffix(".jpg").name
+        name = data["image"].get("file_name") or _image_beside(path).name
         image_path = path.parent / Path(str(name)).name
         if not image_path.is_file():
             raise FileNotFoundError(f"image file not found: {image_path} (named by {path})")
