@@ -198,6 +198,15 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(predictor):
         predictor.predict("image.png", [(image, mask)])
 
 
+def test_too_many_labels_name_the_example(predictor):
+    image, mask = _example()
+    with pytest.raises(ValueError, match=r"examples\[1\] mask: palette has 124 colours but the example masks have "
+                                         r"labels up to 200 \(the fixed palette holds at most 124\)"):
+        predictor.predict(image, [(image, mask), (image, mask * 200)])
+    with pytest.raises(ValueError, match=r"examples\[0\] mask: palette has 1 colours .* labels up to 2$"):
+        predictor.predict(image, [_example(labels=2), (image, mask)], palette=[[255, 0, 0]])
+
+
 def test_semantic_embedding_changes_the_output(model, predictor):
     image, mask = _example()
     a = predictor.predict(image, [(image, mask)])
@@ -232,6 +241,32 @@ def test_segment_video_fifo(predictor, sequence):
         list(segment_video(predictor, sequence.frames, np.zeros((48, 64), int)))
     with pytest.raises(ValueError, match="first_mask is 48×63 but the first frame is 48×64"):
         list(segment_video(predictor, sequence.frames, sequence.labels[0][:, :-1]))
+
+
+def test_segment_video_colour_mask_follows_the_palette(predictor, sequence):
+    from promptseg.incontext.video import segment_video
+
+    red, blue = [200, 0, 0], [0, 0, 200]
+    rgb = pal.encode_labels(sequence.labels[0], np.array([red, blue], np.uint8))  # object 1 red, object 2 blue
+    out = list(segment_video(predictor, sequence.frames[:2], rgb, fifo=0, palette=[red, blue]))
+    np.testing.assert_array_equal(out[0], sequence.labels[0])  # the palette fixes the numbering: red is 1
+    ref = predictor.predict(sequence.frames[1], [(sequence.frames[0], rgb)], palette=[red, blue])
+    np.testing.assert_array_equal(out[1], ref.labels)  # the prompt is drawn in the mask's own colours
+    with pytest.raises(ValueError, match=r"first_mask has colour\(s\) .* not in the palette"):
+        list(segment_video(predictor, sequence.frames, rgb, palette=[[10, 200, 10], [200, 200, 10]]))
+    with pytest.raises(ValueError, match="first_mask has labels up to 200 but the fixed palette holds at most 124"):
+        list(segment_video(predictor, sequence.frames, sequence.labels[0] * 100))
+
+
+def test_run_video_refuses_frames_with_the_same_name(predictor, sequence, tmp_path):
+    from promptseg.incontext.video import run_video
+
+    frames_dir = tmp_path / "frames"
+    frames_dir.mkdir()
+    Image.fromarray(sequence.frames[0]).save(frames_dir / "a.png")
+    Image.fromarray(sequence.frames[1]).save(frames_dir / "a.jpg")  # both would be written to OUTDIR/a.png
+    with pytest.raises(ValueError, match=r"frames a\.jpg and a\.png would both be written to .*a\.png"):
+        run_video(predictor, frames_dir, sequence.labels[0], tmp_path / "out", progress=False)
 
 
 def test_run_video_writes_masks_from_a_folder_and_a_video_file(predictor, sequence, tmp_path):
@@ -347,6 +382,35 @@ def test_tuning_only_the_mask_leaves_the_image(model):
     start = TunedPrompt.from_example(*pairs[0], (32, 32))
     assert torch.equal(result.prompt.image, start.image)
     assert not torch.equal(result.prompt.mask, start.mask)
+
+
+def test_tuning_a_model_in_train_mode_scores_in_eval_mode_and_names_pairs(model, monkeypatch):
+    from promptseg.incontext import tuning
+    from promptseg.incontext.tuning import evaluate_prompt, tune_prompt
+
+    pairs = [_example(32, 32, seed=s) for s in range(2)]
+    model.train()  # drop path is active in train mode: the reported losses must not see it
+    try:
+        torch.manual_seed(0)
+        result = tune_prompt(model, pairs, steps=1, lr=0.05)
+        assert model.training
+    finally:
+        model.eval()
+    assert result.final_loss == evaluate_prompt(model, result.prompt, pairs)
+    assert result.prompt.metadata["final_loss"] == result.final_loss
+    with pytest.raises(ValueError, match=r"pairs\[1\]: the image is 32×32 but its mask is 32×31"):
+        tune_prompt(model, [pairs[0], (pairs[1][0], pairs[1][1][:, :-1])], steps=1)
+    with pytest.raises(ValueError, match="init mask is empty"):
+        tune_prompt(model, pairs, steps=1, init=(pairs[0][0], np.zeros((32, 32), int)))
+    flags = [p.requires_grad for p in model.parameters()]
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(tuning, "_mean_loss", fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        tune_prompt(model, pairs, steps=1)
+    assert [p.requires_grad for p in model.parameters()] == flags  # unfrozen again after the failure
 
 
 # --------------------------------------------------------------------------------------------- CLI

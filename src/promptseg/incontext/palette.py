@@ -270,6 +270,17 @@ def as_label_map(mask: Any, name: str = "mask") -> Tuple[np.ndarray, Optional[np
     return _label_array(arr, name), None
 
 
+def relabel_to_palette(labels: np.ndarray, colors: np.ndarray, palette: np.ndarray, name: str = "mask") -> np.ndarray:
+    """Labels of a colour mask (label ``k`` ↔ ``colors[k-1]``, from :func:`as_label_map`) → the labels of
+    the same colours in ``palette`` (``K×3``; label ``k`` ↔ ``palette[k-1]``). A colour that is not in the
+    palette is a ValueError naming ``name``."""
+    lookup = {tuple(c): k + 1 for k, c in enumerate(np.asarray(palette).tolist())}
+    missing = [tuple(c) for c in colors.tolist() if tuple(c) not in lookup]
+    if missing:
+        raise ValueError(f"{name} has colour(s) {missing[:3]} that are not in the palette")
+    return np.array([0] + [lookup[tuple(c)] for c in colors.tolist()], np.int64)[labels]
+
+
 # --------------------------------------------------------------------------------------------- files
 def save_label_png(labels: np.ndarray, path: PathLike) -> Path:
     """Write a label map as a grayscale PNG, atomically: 8-bit when labels ≤ 255, else 16-bit."""

@@ -35,12 +35,14 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from promptseg.incontext.palette import (
+    MAX_LABELS,
     as_label_map,
     as_palette,
     color_distances,
     default_palette,
     encode_labels,
     labels_from_distances,
+    relabel_to_palette,
 )
 
 #: ImageNet normalisation of ``SegGptImageProcessor`` (``IMAGENET_DEFAULT_MEAN`` / ``_STD``).
@@ -153,7 +155,7 @@ def as_image(image: Any, name: str) -> np.ndarray:
     return to_rgb_uint8(image, name=name)
 
 
-def _as_examples(examples: Any) -> List[Example]:
+def _as_examples(examples: Any, names: Optional[Sequence[str]] = None) -> List[Example]:
     if isinstance(examples, tuple) and len(examples) == 2 and isinstance(examples[0], np.ndarray):
         return [examples]  # a single (image, mask) pair
     if not isinstance(examples, (list, tuple)) or not examples:
@@ -161,9 +163,14 @@ def _as_examples(examples: Any) -> List[Example]:
     out = []
     for i, ex in enumerate(examples):
         if not isinstance(ex, (list, tuple)) or len(ex) != 2:
-            raise ValueError(f"examples[{i}] must be an (image, mask) pair, got {type(ex).__name__}")
+            raise ValueError(f"{_example_name(i, names)} must be an (image, mask) pair, got {type(ex).__name__}")
         out.append((ex[0], ex[1]))
     return out
+
+
+def _example_name(i: int, names: Optional[Sequence[str]]) -> str:
+    """How errors name example ``i``: ``names[i]``, or ``examples[i]``."""
+    return names[i] if names is not None else f"examples[{i}]"
 
 
 @dataclass
@@ -179,27 +186,30 @@ class ExampleSet:
         return [encode_labels(lab, self.palette, allow_empty=True) for lab in self.labels]
 
 
-def prepare_examples(examples: Any, palette: Optional[np.ndarray] = None, allow_empty: bool = False) -> ExampleSet:
+def prepare_examples(examples: Any, palette: Optional[np.ndarray] = None, allow_empty: bool = False,
+                     names: Optional[Sequence[str]] = None) -> ExampleSet:
     """Validate ``[(image, mask), ...]`` and choose the palette (see :meth:`SegGptPredictor.predict`).
 
     Masks are label maps (``H×W`` bool/int) or colour masks (``H×W×3`` uint8, each non-black colour a
-    label); all examples use one kind. Raises ValueError naming ``examples[i]`` for a size mismatch or
-    an empty mask (unless ``allow_empty``; at least one example must still have a label).
+    label); all examples use one kind. Raises ValueError naming ``examples[i]`` (or ``names[i]``) for a
+    size mismatch, an empty mask (unless ``allow_empty``; at least one example must still have a label) or
+    more labels than palette colours.
     """
-    pairs = _as_examples(examples)
+    pairs = _as_examples(examples, names)
     images, labels, colour_sets = [], [], []
     for i, (image, mask) in enumerate(pairs):
-        img = as_image(image, f"examples[{i}] image")
+        what = _example_name(i, names)
+        img = as_image(image, f"{what} image")
         if not isinstance(mask, np.ndarray):
-            raise TypeError(f"examples[{i}] mask must be a numpy array, got {type(mask).__name__}")
-        lab, colors = as_label_map(mask, f"examples[{i}] mask")
+            raise TypeError(f"{what} mask must be a numpy array, got {type(mask).__name__}")
+        lab, colors = as_label_map(mask, f"{what} mask")
         if lab.shape != img.shape[:2]:
             raise ValueError(
-                f"examples[{i}]: the image is {img.shape[0]}×{img.shape[1]} but its mask is "
+                f"{what}: the image is {img.shape[0]}×{img.shape[1]} but its mask is "
                 f"{lab.shape[0]}×{lab.shape[1]}; they must have the same size"
             )
         if not allow_empty and not (lab > 0).any():
-            raise ValueError(f"examples[{i}] mask is empty: it marks no pixel, so it shows nothing to segment")
+            raise ValueError(f"{what} mask is empty: it marks no pixel, so it shows nothing to segment")
         images.append(img)
         labels.append(lab)
         colour_sets.append(colors)
@@ -210,21 +220,17 @@ def prepare_examples(examples: Any, palette: Optional[np.ndarray] = None, allow_
         raise ValueError("examples mix label-map masks and colour masks; pass all as H×W labels or all as H×W×3 colours")
     if colour_sets[0] is not None:  # colour masks: labels follow the palette, by default their sorted colours
         union = np.unique(np.vstack(colour_sets), axis=0) if palette is None else as_palette(palette)
-        lookup = {tuple(c): k + 1 for k, c in enumerate(union.tolist())}
         for i, colors in enumerate(colour_sets):
-            missing = [tuple(c) for c in colors.tolist() if tuple(c) not in lookup]
-            if missing:
-                raise ValueError(f"examples[{i}] mask has colour(s) {missing[:3]} that are not in the palette")
-            remap = np.array([0] + [lookup[tuple(c)] for c in colors.tolist()], np.int64)
-            labels[i] = remap[labels[i]]
+            labels[i] = relabel_to_palette(labels[i], colors, union, f"{_example_name(i, names)} mask")
         return ExampleSet(images, labels, union.astype(np.uint8))
-    top = max(int(lab.max()) for lab in labels)
-    if palette is None:
-        colors = default_palette(top)
-    else:
-        colors = as_palette(palette)
-        if len(colors) < top:
-            raise ValueError(f"palette has {len(colors)} colours but the example masks have labels up to {top}")
+    tops = [int(lab.max()) for lab in labels]
+    top = max(tops)
+    colors = default_palette(min(top, MAX_LABELS)) if palette is None else as_palette(palette)
+    if len(colors) < top:
+        raise ValueError(
+            f"{_example_name(tops.index(top), names)} mask: palette has {len(colors)} colours but the example masks "
+            f"have labels up to {top}" + (f" (the fixed palette holds at most {MAX_LABELS})" if palette is None else "")
+        )
     return ExampleSet(images, labels, colors)
 
 

@@ -249,7 +249,10 @@ def tune_prompt(
         raise ValueError("pairs is empty: tuning needs at least one (image, mask) pair")
     size = model_image_size(model)
     start = init if init is not None else pairs[0]
-    everything = prepare_examples([start] + pairs, palette, allow_empty=True)  # one palette for all
+    names = ["init" if init is not None else "pairs[0]"] + [f"pairs[{i}]" for i in range(len(pairs))]
+    everything = prepare_examples([start] + pairs, palette, allow_empty=True, names=names)  # one palette for all
+    if not (everything.labels[0] > 0).any():
+        raise ValueError(f"{names[0]} mask is empty: the prompt starts from it, so it must mark the object(s)")
     initial = TunedPrompt.from_example(start[0], start[1], size, everything.palette, embedding_type)
     targets, target_masks = _targets(pairs, everything.palette, size)
 
@@ -266,9 +269,9 @@ def tune_prompt(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    initial_loss = _mean_loss(model, initial.image, initial.mask, targets, target_masks, embedding_type)
     losses: List[float] = []
     try:
+        initial_loss = _mean_loss(model, initial.image, initial.mask, targets, target_masks, embedding_type)
         from tqdm import tqdm
 
         bar = tqdm(range(steps), desc="tuning prompt", unit="step", disable=not progress)
@@ -288,12 +291,12 @@ def tune_prompt(
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if callback is not None:
                 callback(step, losses[-1])
+        tuned = TunedPrompt(image.detach().cpu(), mask.detach().cpu(), everything.palette, embedding_type)
+        final_loss = _mean_loss(model, tuned.image, tuned.mask, targets, target_masks, embedding_type)  # in eval mode
     finally:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
         model.train(was_training)
-    tuned = TunedPrompt(image.detach().cpu(), mask.detach().cpu(), everything.palette, embedding_type)
-    final_loss = _mean_loss(model, tuned.image, tuned.mask, targets, target_masks, embedding_type)
     tuned.metadata = {"steps": steps, "lr": lr, "batch_size": batch_size, "learn": learn, "pairs": len(pairs),
                       "initial_loss": initial_loss, "final_loss": final_loss}
     return TuningResult(tuned, losses, initial_loss, final_loss)

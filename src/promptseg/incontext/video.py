@@ -26,7 +26,14 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from promptseg.incontext.palette import as_label_map, as_palette, default_palette, save_label_png
+from promptseg.incontext.palette import (
+    MAX_LABELS,
+    as_label_map,
+    as_palette,
+    default_palette,
+    relabel_to_palette,
+    save_label_png,
+)
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: First frame + 7 previous ones: the best number of frames (8) of the paper's Table 4b.
@@ -142,8 +149,15 @@ def segment_video(
     if not (labels0 > 0).any():
         raise ValueError("first_mask is empty: it marks no object to follow")
     if palette is not None:
-        colors = as_palette(palette)
+        given = as_palette(palette)
+        if colors is not None:  # a colour mask: a palette fixes the numbering, as in SegGptPredictor.predict
+            labels0 = relabel_to_palette(labels0, colors, given, "first_mask")
+        elif int(labels0.max()) > len(given):
+            raise ValueError(f"first_mask has labels up to {int(labels0.max())} but the palette has only {len(given)} colours")
+        colors = given
     elif colors is None:
+        if int(labels0.max()) > MAX_LABELS:
+            raise ValueError(f"first_mask has labels up to {int(labels0.max())} but the fixed palette holds at most {MAX_LABELS}")
         colors = default_palette(int(labels0.max()))
     labels0 = labels0.astype(np.int32)
     iterator = iter(frames)
@@ -202,6 +216,13 @@ def run_video(
         raise ValueError(f"output {out} exists and is not a directory")
     if frames.files is not None and out.resolve() == frames.path.resolve():
         raise ValueError(f"output folder {out} is the frames folder: its masks would overwrite the frames")
+    if frames.files is not None:
+        seen: Dict[str, Path] = {}
+        for f in frames.files:
+            if f.stem in seen:
+                raise ValueError(f"frames {seen[f.stem].name} and {f.name} would both be written to {out / (f.stem + '.png')}; "
+                                 f"keep one file per frame name in {frames.path}")
+            seen[f.stem] = f
     ours, theirs = itertools.tee(iter(frames))  # one decode of the video: tee keeps one frame of lag
     run = VideoRun(out, [], [])
     bar = tqdm(total=len(frames) or None, desc="segmenting frames", unit="frame", disable=not progress, file=sys.stderr)
