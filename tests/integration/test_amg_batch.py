@@ -200,6 +200,66 @@ def test_inputs_keys_and_ids(tmp_path):
         plan([out], out)
 
 
+
+def test_output_files_of_different_images_never_collide(tmp_path):
+    """``x.coco.jpg``'s SA-1B JSON would be ``x.jpg``'s COCO results (``x.coco.json``), and ``coco_results.png``'s
+    the merged COCO file: such images keep their extension in their key."""
+    from promptseg.amg.batch import output_paths
+    from promptseg.amg.outputs import FORMATS
+
+    for name in ("x.jpg", "x.coco.jpg", "coco_results.png", "y.jpg", "y.labels.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    tasks = plan([tmp_path])
+    assert [t.key for t in tasks] == ["coco_results.png", "x.coco.jpg", "x.jpg", "y", "y.labels"]
+    names = [p.name.casefold() for t in tasks for p in output_paths(tmp_path, t.key, FORMATS).values()]
+    assert len(set(names)) == len(names) and "coco_results.json" not in names
+
+
+def test_list_file_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    (tmp_path / "b c.jpg").write_bytes(b"")
+    (tmp_path / "list.txt").write_bytes("\ufeffa.jpg\r\n# comment\r\n\r\n  b c.jpg \r\n".encode("utf-8"))
+    assert [(Path(t.path).name, t.key) for t in plan([tmp_path / "list.txt"])] == [("a.jpg", "a"), ("b c.jpg", "b c")]
+
+
+class _Squares:
+    """A stand-in generator: ``n`` small square masks per image."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def generate(self, image):
+        h, w = image.shape[:2]
+        records = []
+        for k in range(self.n):
+            m = np.zeros((h, w), bool)
+            m[k : k + 3, 1:4] = True
+            records.append({"segmentation": m, "area": int(m.sum()), "bbox": [1, k, 2, 2], "predicted_iou": 0.9,
+                            "point_coords": [[2.0, k + 1.0]], "stability_score": 0.95, "crop_box": [0, 0, w, h]})
+        return records
+
+
+def test_rerun_with_other_settings_leaves_no_stale_format(tmp_path):
+    """A run with other settings and fewer formats rewrites every file the image had (and the merged COCO
+    file): none is left from the old masks, so label ids and GeoJSON features match the new JSON."""
+    from PIL import Image
+
+    from promptseg.amg.outputs import read_label_map
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.full((10, 12, 3), 7, np.uint8)).save(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    assert run_batch([tmp_path / "in"], out, lambda: _Squares(3), settings={"v": 1}, progress=False).done == 1
+    again = run_batch([tmp_path / "in"], out, lambda: _Squares(1), ["sa1b"], settings={"v": 2}, progress=False)
+    assert again.done == 1
+    assert len(json.loads((out / "a.json").read_text())["annotations"]) == 1
+    assert read_label_map(out / "a.labels.png").max() == 1
+    assert len(json.loads((out / "a.geojson").read_text())["features"]) == 1
+    assert len(json.loads((out / "a.coco.json").read_text())) == 1
+    assert len(json.loads((out / "coco_results.json").read_text())) == 1
+    assert run_batch([tmp_path / "in"], out, lambda: _Squares(1), settings={"v": 2}, progress=False).skipped == 1
+
+
 def test_cli_usage_errors(tmp_path, capsys, helpers, checkpoint):
     from promptseg import hub
     from promptseg.amg.cli import main

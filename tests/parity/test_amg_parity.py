@@ -293,6 +293,28 @@ def test_max_masks_ranks_by_mean_of_confidence_and_stability(localized, images):
     assert [rank(r) for r in top] == sorted((rank(r) for r in everything), reverse=True)[:20]
 
 
+
+def test_max_masks_ranks_empty_masks_last(helpers, images):
+    """An empty mask has a NaN stability score (0 / 0, kept when the stability filter is off, as in the
+    reference); ``max_masks`` must rank it last, not first (torch sorts NaN above every number)."""
+    _, model = helpers.make_pair(helpers.TINY_CONFIG)
+    model = localize(model)
+    decoder_forward = model.mask_decoder.forward
+
+    def third_output_empty(*args, **kwargs):
+        low, iou = decoder_forward(*args, **kwargs)
+        low = low.clone()
+        low[:, 2] = -10.0  # no pixel above threshold - offset: empty mask, stability NaN
+        return low, iou
+
+    model.mask_decoder.forward = third_output_empty
+    options = dict(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.9)
+    everything = SamAutomaticMaskGenerator(model, **options).generate(images["square"])
+    assert sum(np.isnan(r["stability_score"]) for r in everything) > 5
+    top = SamAutomaticMaskGenerator(model, **options, max_masks=5).generate(images["square"])
+    assert len(top) == 5 and all(r["area"] > 0 and not np.isnan(r["stability_score"]) for r in top)
+
+
 def test_explicit_grids_grayscale_input_and_progress(localized, images, capsys):
     grid = H.build_point_grid(5)
     gen = SamAutomaticMaskGenerator(localized[1], points_per_side=None, point_grids=[grid], **{k: v for k, v in FILTERS.items() if k != "points_per_side"}, progress=True)

@@ -29,3 +29,15 @@ def test_edge_values_are_accepted(tiny_sam):
 
     SamAutomaticMaskGenerator(tiny_sam, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0,
                               box_nms_thresh=1.0, crop_nms_thresh=0.0, crop_overlap_ratio=np.float32(0.3))
+
+
+def test_numpy_integer_options_are_accepted_as_by_the_reference(tiny_sam):
+    import numpy as np
+
+    gen = SamAutomaticMaskGenerator(tiny_sam, points_per_side=np.int64(4), points_per_batch=np.int32(8),
+                                    crop_n_layers=np.int64(1), max_masks=np.int64(5))
+    assert [len(g) for g in gen.point_grids] == [16, 16]
+    assert (gen.points_per_batch, gen.crop_n_layers, gen.max_masks) == (8, 1, 5)
+    assert all(type(v) is int for v in (gen.points_per_batch, gen.crop_n_layers, gen.max_masks))
+    with pytest.raises(ValueError, match="points_per_side must be a positive integer"):
+        SamAutomaticMaskGenerator(tiny_sam, points_per_side=4.0)

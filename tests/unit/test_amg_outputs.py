@@ -118,6 +118,37 @@ def test_coco_results_schema(records, masks):
         assert r["bbox"] == mask_bbox(mask) and r["area"] == int(mask.sum())
 
 
+
+def test_coco_results_bbox_is_cocos_box_of_the_mask():
+    """The generator's ``bbox`` is SAM's ``[x0, y0, x1 - x0, y1 - y0]`` of the inclusive pixel box (one short
+    of COCO's width/height: 0 × 0 for one pixel); the COCO results carry COCO's box of the mask."""
+    from pycocotools import mask as mask_utils
+
+    one, block = np.zeros((H, W), bool), np.zeros((H, W), bool)
+    one[7, 9] = True
+    block[10:20, 30:45] = True
+    records = [dict(_record(m, 0), bbox=bbox) for m, bbox in ((one, [9, 7, 0, 0]), (block, [30, 10, 14, 9]))]
+    res = O.coco_results(records, image_id=1)
+    assert [r["bbox"] for r in res] == [[9, 7, 1, 1], [30, 10, 15, 10]]
+    for r in res:
+        rle = {"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()}
+        assert r["bbox"] == [int(v) for v in mask_utils.toBbox(rle)]
+    assert O.sa1b_json(records, image_id=1, width=W, height=H, file_name="x")["annotations"][1]["bbox"] == [30, 10, 14, 9]
+
+
+
+def test_empty_mask_with_nan_stability_is_written(tmp_path):
+    """With the stability filter off (the edges/proposals presets) an empty mask survives with a stability
+    score of 0 / 0 = NaN; the JSON formats write it as null instead of failing the whole image."""
+    empty = dict(_record(np.zeros((H, W), bool), 0), stability_score=float("nan"), bbox=[0, 0, 0, 0])
+    paths = {fmt: tmp_path / f"x{suffix}" for fmt, suffix in O.SUFFIXES.items()}
+    O.write_formats([empty], np.zeros((H, W, 3), np.uint8), paths, image_id=1, file_name="x.png")
+    ann = json.loads(paths["sa1b"].read_text())["annotations"][0]
+    assert ann["stability_score"] is None and ann["area"] == 0
+    feature = json.loads(paths["geojson"].read_text())["features"][0]
+    assert feature["geometry"] is None and feature["properties"]["stability"] is None
+
+
 def test_size_mismatch_is_an_error(records):
     with pytest.raises(ValueError, match="size"):
         O.sa1b_json(records, image_id=1, width=W + 1, height=H, file_name="x")
@@ -276,6 +307,24 @@ def test_world_file_georeference(tmp_path):
     gt, crs = O.read_georeference(image)
     assert gt == (500000.0, 0.5, 0.0, 4100000.25, 0.0, -0.5) and crs is None
     assert O.read_georeference(tmp_path / "other.png") == (None, None)
+
+
+
+@pytest.mark.parametrize("raster_type, origin", [(1, (500000.0, 4100000.0)), (2, (499999.0, 4100001.0))])
+def test_geotiff_georeference_pixel_is_point(tmp_path, raster_type, origin):
+    """GeoTIFF tie point + pixel scale; with ``GTRasterTypeGeoKey`` = PixelIsPoint the tie point is a pixel
+    centre, so the corner-based geotransform is half a pixel up-left of it (as GDAL reads it)."""
+    from PIL import Image, TiffImagePlugin
+
+    ifd = TiffImagePlugin.ImageFileDirectory_v2()
+    ifd[33550], ifd.tagtype[33550] = (2.0, 2.0, 0.0), 12  # ModelPixelScaleTag, doubles
+    ifd[33922], ifd.tagtype[33922] = (0.0, 0.0, 0.0, 500000.0, 4100000.0, 0.0), 12  # ModelTiepointTag
+    ifd[34735] = (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, raster_type, 3072, 0, 1, 32633)  # GeoKeyDirectory
+    ifd.tagtype[34735] = 3
+    path = tmp_path / "tile.tif"
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(path, tiffinfo=ifd)
+    gt, crs = O.read_georeference(path)
+    assert gt == (origin[0], 2.0, 0.0, origin[1], 0.0, -2.0) and crs == "EPSG:32633"
 
 
 # --------------------------------------------------------------------------------------------- overlay, writing

@@ -12,7 +12,9 @@ Layout of an output folder ``OUT`` for inputs under a common root ``ROOT``::
 
 ``<key>`` is the image's path relative to ``ROOT`` (the deepest folder holding all inputs) without its
 extension, e.g. ``street/0001`` for ``ROOT/street/0001.jpg``; when two inputs would get the same key
-(``a.jpg`` and ``a.png``) both keep their extension (``a.jpg``, ``a.png``), so names never collide.
+(``a.jpg`` and ``a.png``) or the same output file (``a.jpg``'s ``a.coco.json`` is ``a.coco.jpg``'s SA-1B JSON;
+``coco_results.jpg``'s is the merged COCO file) they keep their extension (``a.jpg``, ``a.png``), so names
+never collide.
 
 Resume: every file is written atomically (temporary file + rename) and flushed to disk; the image's
 completion marker ``OUT/.promptseg-amg/done/<key>.json`` is written last. An image is skipped when its
@@ -54,6 +56,8 @@ DEFAULT_GENERATOR = "promptseg.amg.generator:SamAutomaticMaskGenerator"
 REFERENCE_GENERATOR = "segment_anything:SamAutomaticMaskGenerator"
 ENGINES = ("local", "ray")
 MARKER_VERSION = 1
+#: The file in OUT that merges every image's COCO results (format "coco").
+MERGED_COCO = "coco_results.json"
 
 #: Generator settings of each preset, for generator classes that define no ``PRESETS`` of their own (promptseg's
 #: generator does: its presets win); options given explicitly override them.
@@ -125,7 +129,7 @@ def _walk(folder: str, out_dir: Optional[str]) -> List[str]:
 def _read_list(list_file: str) -> List[str]:
     base = os.path.dirname(list_file)
     paths = []
-    with open(list_file, "r", encoding="utf-8") as f:
+    with open(list_file, "r", encoding="utf-8-sig") as f:  # a BOM (Windows editors) is not part of the first path
         for line in f:
             line = line.strip()
             if not line or line.startswith("#"):
@@ -177,22 +181,24 @@ def collect_images(inputs: Sequence[PathLike], out_dir: Optional[PathLike] = Non
 
 
 def assign_keys(rel_paths: Sequence[str]) -> List[str]:
-    """Output keys: each relative path without its extension, or with it where keys would collide
-    (compared case-insensitively, for case-insensitive file systems)."""
+    """Output keys: each relative path without its extension, or with it where keys or their output files
+    (``<key><suffix>``, and :data:`MERGED_COCO`) would collide (compared case-insensitively, for
+    case-insensitive file systems)."""
     full = [Path(p).as_posix() for p in rel_paths]
     stem = [str(Path(p).with_suffix("")) if Path(p).suffix else p for p in full]
     stem = [Path(s).as_posix() for s in stem]
     promoted = [False] * len(full)
     while True:
         keys = [full[i] if promoted[i] else stem[i] for i in range(len(full))]
-        groups: Dict[str, List[int]] = {}
+        groups: Dict[str, List[int]] = {MERGED_COCO.casefold(): [-1]}  # -1: the merged file, not an image
         for i, key in enumerate(keys):
-            groups.setdefault(key.casefold(), []).append(i)
+            for suffix in SUFFIXES.values():
+                groups.setdefault(f"{key}{suffix}".casefold(), []).append(i)
         changed = False
         for members in groups.values():
             if len(members) > 1:
                 for i in members:
-                    if not promoted[i]:
+                    if i >= 0 and not promoted[i]:
                         promoted[i] = changed = True
         if not changed:
             return keys
@@ -316,8 +322,9 @@ def process_image(task: ImageTask, generator: Any, spec: OutputSpec) -> Dict[str
         source = _source_stat(task.path)
         formats = set(spec.formats)
         old = read_marker(spec.out_dir, task.key)
-        if old is not None and old.get("fingerprint") == spec.fingerprint and old.get("source") == source:
-            # Rewrite the formats the image already had too: all its files then come from one generator run.
+        if old is not None:
+            # Rewrite the formats the image already had too — also when its settings or source changed, else
+            # those files would stay from the old run: all its files then come from one generator run.
             formats |= set(old.get("files") or {}) & set(FORMATS)
         marker = marker_path(spec.out_dir, task.key)
         if marker.exists():  # the old marker must not vouch for half-rewritten outputs
@@ -849,8 +856,8 @@ def run_batch(
                     bar.update(1)
             finally:
                 bar.close()
-        if "coco" in formats and merge_coco:
-            _merge_coco(tasks, spec, out / "coco_results.json")
+        if merge_coco and ("coco" in formats or (out / MERGED_COCO).is_file()):  # images may have rewritten theirs
+            _merge_coco(tasks, spec, out / MERGED_COCO)
         summary.seconds = time.perf_counter() - start
         write_json(dataclasses.asdict(summary), state / "summary.json")
     return summary

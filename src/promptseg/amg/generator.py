@@ -207,6 +207,11 @@ class _PointDecoder:
         return torch.cat(lows), torch.cat(ious)
 
 
+def _is_int(value: Any) -> bool:
+    """An integer option: a Python or numpy integer (as the reference accepts), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _upsampled(low: Tensor, geometry: LowResGeometry, thresholds: Sequence[np.float32]) -> Iterator[Tuple[List[int], np.ndarray]]:
     """For each of ``M×h×w`` low-res logits: pixel counts above each threshold at full resolution and
     the full-resolution mask above the last one (``H×W`` bool).
@@ -297,10 +302,11 @@ class SamAutomaticMaskGenerator:
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("exactly one of points_per_side or point_grids must be given")
-        if not isinstance(crop_n_layers, int) or crop_n_layers < 0:
+        if not _is_int(crop_n_layers) or crop_n_layers < 0:
             raise ValueError(f"crop_n_layers must be an integer ≥ 0, got {crop_n_layers!r}")
+        crop_n_layers = int(crop_n_layers)
         if points_per_side is not None:
-            if not isinstance(points_per_side, int) or points_per_side < 1:
+            if not _is_int(points_per_side) or points_per_side < 1:
                 raise ValueError(f"points_per_side must be a positive integer, got {points_per_side!r}")
             if crop_n_points_downscale_factor < 1:
                 raise ValueError(f"crop_n_points_downscale_factor must be ≥ 1, got {crop_n_points_downscale_factor!r}")
@@ -309,7 +315,7 @@ class SamAutomaticMaskGenerator:
                     f"points_per_side={points_per_side} leaves no point in crop layer {crop_n_layers} "
                     f"(downscale factor {crop_n_points_downscale_factor})"
                 )
-            self.point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+            self.point_grids = build_all_layer_point_grids(int(points_per_side), crop_n_layers, crop_n_points_downscale_factor)
         else:
             grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
             if len(grids) < crop_n_layers + 1:
@@ -337,13 +343,13 @@ class SamAutomaticMaskGenerator:
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
             if not low <= value <= high:
                 raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
-        if not isinstance(points_per_batch, int) or points_per_batch < 1:
+        if not _is_int(points_per_batch) or points_per_batch < 1:
             raise ValueError(f"points_per_batch must be a positive integer, got {points_per_batch!r}")
-        if max_masks is not None and (not isinstance(max_masks, int) or max_masks < 1):
+        if max_masks is not None and (not _is_int(max_masks) or max_masks < 1):
             raise ValueError(f"max_masks must be a positive integer or None, got {max_masks!r}")
 
         self.predictor = SamPredictor(model)
-        self.points_per_batch = points_per_batch
+        self.points_per_batch = int(points_per_batch)
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
         self.stability_score_offset = stability_score_offset
@@ -354,7 +360,7 @@ class SamAutomaticMaskGenerator:
         self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
-        self.max_masks = max_masks
+        self.max_masks = None if max_masks is None else int(max_masks)
         self.progress = progress
 
     @classmethod
@@ -401,6 +407,7 @@ class SamAutomaticMaskGenerator:
             self._remove_small_regions(data, crops, orig_size)
         if self.max_masks is not None and len(data) > self.max_masks:
             rank = (data.iou.double() + data.stability.double()) / 2  # §D.3
+            rank = torch.nan_to_num(rank, nan=-math.inf)  # NaN stability (an empty mask) ranks last, not first
             data.filter(torch.sort(rank, descending=True, stable=True).indices[: self.max_masks])
         return self._records(data, crops, orig_size)
 

@@ -113,6 +113,13 @@ def _floats(values: Iterable[Any]) -> List[float]:
     return [float(v) for v in values]
 
 
+def _score(value: Any) -> Optional[float]:
+    """A score as a JSON number, or None (``null``) when it is not finite: the stability score of an empty
+    mask is 0 / 0 = NaN (kept by the generator when its stability filter is off, as in the reference)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def _points(value: Any) -> List[List[float]]:
     arr = np.asarray(value, dtype=np.float64).reshape(-1, 2)
     return [[float(x), float(y)] for x, y in arr]
@@ -128,9 +135,9 @@ def sa1b_annotations(records: Sequence[Record], first_id: int = 1) -> List[Dict[
             "segmentation": record_rle(r),
             "area": int(r["area"]),
             "bbox": _ints(r["bbox"]),
-            "predicted_iou": float(r["predicted_iou"]),
+            "predicted_iou": _score(r["predicted_iou"]),
             "point_coords": _points(r["point_coords"]),
-            "stability_score": float(r["stability_score"]),
+            "stability_score": _score(r["stability_score"]),
             "crop_box": _ints(r["crop_box"]),
         })
     return out
@@ -158,19 +165,30 @@ def sa1b_json(
 def coco_results(records: Sequence[Record], *, image_id: int, category_id: int = 1) -> List[Dict[str, Any]]:
     """COCO results entries (the format ``COCO.loadRes`` and the COCO evaluation read), class-agnostic.
 
-    ``score`` is the model's predicted IoU; every mask gets ``category_id`` (default 1).
+    ``score`` is the model's predicted IoU; every mask gets ``category_id`` (default 1). ``bbox`` is COCO's
+    box of the mask (``pycocotools.mask.toBbox``: width = columns covered), not the record's ``bbox``, whose
+    width is one less (SAM's ``x_max - x_min`` of the inclusive pixel box: 0 for a one-pixel mask).
     """
-    return [
-        {
+    out = []
+    for r in records:
+        rle = record_rle(r)
+        out.append({
             "image_id": int(image_id),
             "category_id": int(category_id),
-            "segmentation": record_rle(r),
+            "segmentation": rle,
             "score": float(r["predicted_iou"]),
-            "bbox": _ints(r["bbox"]),
+            "bbox": _rle_bbox(rle),
             "area": int(r["area"]),
-        }
-        for r in records
-    ]
+        })
+    return out
+
+
+def _rle_bbox(rle: Mapping[str, Any]) -> List[int]:
+    """COCO ``[x, y, width, height]`` of a compressed RLE with ``str`` counts (zeros when empty)."""
+    from promptseg.amg.helpers import pycocotools_mask
+
+    box = pycocotools_mask().toBbox({"size": list(rle["size"]), "counts": rle["counts"].encode("ascii")})
+    return _ints(box)
 
 
 # --------------------------------------------------------------------------------------------- label map
@@ -460,8 +478,8 @@ def geojson(
             "geometry": geometry,
             "properties": {
                 "id": first_id + k,
-                "score": float(r["predicted_iou"]),
-                "stability": float(r["stability_score"]),
+                "score": _score(r["predicted_iou"]),
+                "stability": _score(r["stability_score"]),
                 "area": int(r["area"]),
                 "bbox": _ints(r["bbox"]),
             },
@@ -487,7 +505,8 @@ def read_georeference(image_path: PathLike) -> Tuple[Optional[GeoTransform], Opt
     World files: ``photo.jgw``/``photo.jpgw`` for ``photo.jpg`` (``.pgw``, ``.tfw``, … likewise) or
     ``photo.wld``; their 6 lines are ``A, D, B, E, C, F`` with ``(C, F)`` the *centre* of the top-left
     pixel, converted to GDAL's corner-based order. GeoTIFF: ``ModelTransformationTag`` or
-    ``ModelPixelScaleTag`` + ``ModelTiepointTag``, and the EPSG code of ``GeoKeyDirectoryTag`` when present.
+    ``ModelPixelScaleTag`` + ``ModelTiepointTag``, and the EPSG code of ``GeoKeyDirectoryTag`` when present;
+    a ``PixelIsPoint`` raster (``GTRasterTypeGeoKey`` = 2) is shifted by half a pixel, as GDAL does.
     Returns ``(None, None)`` when the image carries no georeference.
     """
     path = Path(image_path)
@@ -515,6 +534,7 @@ def _geotiff_georeference(path: Path) -> Tuple[Optional[GeoTransform], Optional[
     with Image.open(path) as im:
         tags = dict(getattr(im, "tag_v2", {}) or {})
     crs = None
+    pixel_is_point = False
     keys = tags.get(34735)  # GeoKeyDirectoryTag: header of 4 shorts, then (id, location, count, value) rows
     if keys is not None and len(keys) >= 4:
         rows = np.asarray(keys[4 : 4 + 4 * int(keys[3])]).reshape(-1, 4)
@@ -523,16 +543,23 @@ def _geotiff_georeference(path: Path) -> Tuple[Optional[GeoTransform], Optional[
             if len(hit) and 1024 <= int(hit[0, 3]) < 32767:
                 crs = f"EPSG:{int(hit[0, 3])}"
                 break
+        raster_type = rows[(rows[:, 0] == 1025) & (rows[:, 1] == 0)]  # GTRasterTypeGeoKey
+        pixel_is_point = bool(len(raster_type)) and int(raster_type[0, 3]) == 2  # RasterPixelIsPoint
+    gt = None
     matrix = tags.get(34264)
     if matrix is not None and len(matrix) >= 8:
         m = [float(v) for v in matrix]
-        return _geotransform((m[3], m[0], m[1], m[7], m[4], m[5])), crs
+        gt = (m[3], m[0], m[1], m[7], m[4], m[5])
     scale, tie = tags.get(33550), tags.get(33922)
-    if scale is not None and tie is not None and len(scale) >= 2 and len(tie) >= 6:
+    if gt is None and scale is not None and tie is not None and len(scale) >= 2 and len(tie) >= 6:
         sx, sy = float(scale[0]), float(scale[1])
         i, j, x, y = float(tie[0]), float(tie[1]), float(tie[3]), float(tie[4])
-        return _geotransform((x - i * sx, sx, 0.0, y + j * sy, 0.0, -sy)), crs
-    return None, crs
+        gt = (x - i * sx, sx, 0.0, y + j * sy, 0.0, -sy)
+    if gt is None:
+        return None, crs
+    if pixel_is_point:  # the tie point / matrix map pixel centres: move the origin to the pixel's corner (RFC 33)
+        gt = (gt[0] - (gt[1] + gt[2]) / 2, gt[1], gt[2], gt[3] - (gt[4] + gt[5]) / 2, gt[4], gt[5])
+    return _geotransform(gt), crs
 
 
 # --------------------------------------------------------------------------------------------- overlay
