@@ -25,11 +25,13 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: PathLike, write: Any) -> None:
+def atomic_write(path: PathLike, write: Any, durable: bool = False) -> None:
     """Call ``write(tmp_path)`` then atomically rename to ``path``; the temporary file is removed on error.
 
     The file gets the permissions a plain ``open(path, "w")`` would give it (``0o666`` less the umask), or
-    keeps those of the file it replaces — not the owner-only mode of the temporary file."""
+    keeps those of the file it replaces — not the owner-only mode of the temporary file. ``durable``
+    flushes the written file to disk (``fsync``) before the rename, so that after a power loss ``path``
+    holds the old file or the whole new one, never an empty one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -40,6 +42,12 @@ def atomic_write(path: PathLike, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

@@ -270,3 +270,25 @@ def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
     os.chmod(written, 0o640)  # a file replaced keeps its mode
     atomic_write(written, lambda tmp: open(tmp, "w").write("z"))
     assert written.stat().st_mode & 0o777 == 0o640 and written.read_text() == "z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+def test_durable_atomic_writes_reach_the_disk_before_the_rename(tmp_path, monkeypatch):
+    """``durable=True`` fsyncs the finished temporary file, then renames it (training checkpoints and the
+    batch runner's outputs use it); a plain write does not fsync."""
+    import os
+
+    from promptseg.fileio import atomic_write
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a))), real_replace(a, b))[1])
+    target = tmp_path / "ckpt.pt"
+    atomic_write(target, lambda tmp: open(tmp, "w").write("state"), durable=True)
+    assert [e[0] for e in events] == ["fsync", "replace"] and events[0][1] == events[1][1]
+    assert target.read_text() == "state"
+    events.clear()
+    atomic_write(target, lambda tmp: open(tmp, "w").write("again"))
+    assert [e[0] for e in events] == ["replace"]

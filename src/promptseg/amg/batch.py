@@ -724,11 +724,8 @@ def _merge_coco(tasks: Sequence[ImageTask], spec: OutputSpec, path: Path) -> int
                     first = False
                     count += 1
             out.write("]\n")
-            out.flush()
-            if spec.durable:
-                os.fsync(out.fileno())
 
-    atomic_write(path, write)
+    atomic_write(path, write, durable=spec.durable)
     return count
 
 

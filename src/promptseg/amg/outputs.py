@@ -586,15 +586,8 @@ def write_bytes(data: bytes, path: PathLike, *, durable: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically; ``durable`` also fsyncs the file before the rename."""
     from promptseg.fileio import atomic_write
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-
     path = Path(path)
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), durable=durable)
     return path
 
 

@@ -632,7 +632,7 @@ class Trainer:
                 state["model_config"] = model_config.to_dict()
             if self.average is not None:
                 state["average"] = self.average.state_dict()
-            atomic_write(path, lambda tmp: torch.save(state, tmp))
+            atomic_write(path, lambda tmp: torch.save(state, tmp), durable=True)  # resume needs it whole
             keep = self.config.keep_checkpoints
             if keep:
                 for old in list_checkpoints(self.out_dir)[:-keep]:
