@@ -33,6 +33,8 @@ class CheckpointError(ValueError):
 def read_state_dict(path: PathLike) -> Tuple[Dict[str, Tensor], Optional[Dict[str, Any]]]:
     """Read ``path`` → ``(state_dict, config_or_None)`` without executing any pickled code."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a directory, not a checkpoint file (.pth or .safetensors)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":

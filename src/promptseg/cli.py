@@ -322,7 +322,7 @@ def _read_checkpoint_summary(path: Path) -> Tuple[Any, str, int, List[str], str]
     """``(config, source, parameter count, dtypes, format)`` of a checkpoint, reading as little as possible."""
     from promptseg.checkpoint import CONFIG_KEY, CheckpointError, read_state_dict
     from promptseg.models.sam.config import SamConfig
-    from promptseg.models.sam.weights import infer_sam_config
+    from promptseg.models.sam.weights import _stored_config, infer_sam_config
 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -351,7 +351,7 @@ def _read_checkpoint_summary(path: Path) -> Tuple[Any, str, int, List[str], str]
     count = sum(int(t.numel()) for t in state.values())
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in state.values()})
     if stored is not None:  # a promptseg training checkpoint (step_*.pt)
-        return SamConfig.from_dict(stored), EMBEDDED_CONFIG, count, dtypes, "promptseg training checkpoint"
+        return _stored_config(stored, path), EMBEDDED_CONFIG, count, dtypes, "promptseg training checkpoint"
     config = infer_sam_config(state)
     return config, "inferred from the weights; decoder heads assumed 8", count, dtypes, fmt
 

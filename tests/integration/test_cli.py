@@ -183,6 +183,27 @@ def test_convert_errors(files, capsys, tmp_path):
     assert code == 2 and "missing.pth" in err
 
 
+def test_a_checkpoint_with_an_invalid_embedded_config_is_a_user_error(files, capsys, tmp_path):
+    """Valid JSON that is no SAM config: one line naming the file and status 2 from every command, no traceback."""
+    from safetensors.torch import save_file
+
+    from promptseg.checkpoint import CONFIG_KEY
+
+    bad = tmp_path / "bad.safetensors"
+    state = {k: v.contiguous() for k, v in load_sam(files["ckpt"]).state_dict().items()}
+    save_file(state, str(bad), metadata={CONFIG_KEY: "[1, 2]"})
+    for argv in (("convert", bad, tmp_path / "out.safetensors"),
+                 ("average", bad, files["ckpt"], "-o", tmp_path / "out.safetensors"),
+                 ("segment", files["image"], "--point", "5,5", "-o", tmp_path / "seg", "--checkpoint", bad)):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and "bad.safetensors" in err and "invalid embedded" in err, (argv[0], err)
+    assert not (tmp_path / "out.safetensors").exists()
+    torch.save({"model": state, "model_config": {"image_encoder": 5}}, tmp_path / "step_1.pt")  # training checkpoint
+    for argv in (("info", tmp_path / "step_1.pt"), ("convert", tmp_path / "step_1.pt", tmp_path / "out.safetensors")):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and "step_1.pt" in err and "invalid embedded" in err, (argv[0], err)
+
+
 def test_convert_to_a_finer_patch_size(files, capsys, tmp_path):
     dst = tmp_path / "p8.safetensors"
     code, stdout, err = run(capsys, "convert", files["ckpt"], dst, "--patch-size", "8")

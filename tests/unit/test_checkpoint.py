@@ -237,6 +237,43 @@ def test_save_sam_embeds_the_config(tmp_path, tiny_sam):
     assert not [p for p in tmp_path.iterdir() if p.name != "m.safetensors"]  # no temporary file left
 
 
+@pytest.mark.parametrize("header", ["[1, 2]", '"vit_b"', '{"image_encoder": {"img_size": "128"}}', '{"foo": 1}'])
+def test_invalid_embedded_config_is_a_checkpoint_error_naming_the_file(tmp_path, tiny_sam, header):
+    """Valid JSON that is no SAM config (a list, wrong types, unknown keys) is a CheckpointError naming the
+    file — not a bare TypeError, which the CLI would show as a traceback."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "odd.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_sam.state_dict().items()}, str(path), metadata={CONFIG_KEY: header})
+    with pytest.raises(CheckpointError, match="odd.safetensors has an invalid embedded SAM config"):
+        load_sam(path)
+
+
+def test_a_state_dict_that_is_no_sam_names_the_file(tmp_path, tiny_sam):
+    path = tmp_path / "ddp.pth"  # e.g. saved from a DistributedDataParallel wrapper
+    torch.save({f"module.{k}": v for k, v in tiny_sam.state_dict().items()}, path)
+    with pytest.raises(CheckpointError, match=r"ddp\.pth: not a SAM checkpoint"):
+        load_sam(path)
+
+
+def test_a_directory_is_not_reported_as_missing(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        read_state_dict(tmp_path)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        load_model(tmp_path)
+
+
+def test_an_unusable_device_is_refused_before_loading(tmp_path, tiny_sam, monkeypatch):
+    import promptseg.models.sam.weights as weights
+
+    path = tmp_path / "m.safetensors"
+    save_sam(tiny_sam, path)
+    monkeypatch.setattr(weights, "read_state_dict", lambda *a: pytest.fail("the checkpoint was read"))
+    for name in ("gpu", "cuda:7" if torch.cuda.is_available() else "cuda"):
+        with pytest.raises(ValueError, match=rf"^device {name} cannot be used on this machine"):
+            load_model(path, device=name)
+
+
 def test_load_sam_device_and_dtype(tmp_path, tiny_sam):
     path = tmp_path / "m.safetensors"
     save_sam(tiny_sam, path)

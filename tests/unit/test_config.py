@@ -140,3 +140,9 @@ def test_registry_vit_b_without_checkpoint():
     assert list(our_state) == list(ref_state)
     assert all(our_state[k].shape == v.shape for k, v in ref_state.items())
     assert model.image_format == "RGB" and model.mask_threshold == 0.0
+
+
+@pytest.mark.parametrize("data", [[1, 2], "vit_b", None, [("image_format", "BGR")]])
+def test_from_dict_rejects_a_top_level_non_mapping(data):
+    with pytest.raises(TypeError, match="SamConfig must be a mapping"):
+        SamConfig.from_dict(data)

@@ -229,3 +229,42 @@ def test_averaging_refuses_other_architectures(tmp_path, tiny_config, two_heads_
     with pytest.raises(ValueError, match="c.safetensors does not match"):
         average_checkpoints([tmp_path / "a.safetensors", tmp_path / "c.safetensors"], tmp_path / "avg.safetensors")
     assert not (tmp_path / "avg.safetensors").exists()
+
+
+def test_averaging_refuses_other_architectures_even_with_a_given_config(tmp_path, tiny_config, two_heads_config):
+    """A config passed in (--model-type / --config-from) does not bypass the check that the sources' embedded
+    architectures agree, nor may it contradict them."""
+    save_sam(perturbed(tiny_config, 1), tmp_path / "a.safetensors")
+    save_sam(perturbed(two_heads_config, 2), tmp_path / "b.safetensors")  # same shapes, other head count
+    sources = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    for config in (tiny_config, two_heads_config):
+        with pytest.raises(ValueError, match="b.safetensors embeds another architecture"):
+            average_checkpoints(sources, tmp_path / "avg.safetensors", config=config)
+    with pytest.raises(ValueError, match="a.safetensors embeds"):
+        average_checkpoints(sources[:1] * 2, tmp_path / "avg.safetensors", config=two_heads_config)
+    assert not (tmp_path / "avg.safetensors").exists()
+    average_checkpoints(sources[:1] * 2, tmp_path / "avg.safetensors", config=tiny_config)  # the same: fine
+
+
+def test_averaging_a_low_precision_first_file_keeps_float32_precision(tmp_path, tiny_sam):
+    """The mean does not depend on the order of the files: a bfloat16 first file does not round it to bfloat16."""
+    save_sam(perturbed(tiny_sam.config, 1), tmp_path / "a.safetensors")
+    torch.save({k: v.bfloat16() for k, v in perturbed(tiny_sam.config, 2).state_dict().items()}, tmp_path / "b.pth")
+    ab, ba = tmp_path / "ab.safetensors", tmp_path / "ba.safetensors"
+    average_checkpoints([tmp_path / "a.safetensors", tmp_path / "b.pth"], ab)
+    average_checkpoints([tmp_path / "b.pth", tmp_path / "a.safetensors"], ba)
+    first, second = read_state_dict(ab)[0], read_state_dict(ba)[0]
+    for name, value in first.items():
+        assert torch.equal(value, second[name]), name
+
+
+def test_averaging_names_the_file_of_an_invalid_embedded_config(tmp_path, tiny_sam):
+    from safetensors.torch import save_file
+
+    from promptseg.checkpoint import CONFIG_KEY, CheckpointError
+
+    save_sam(tiny_sam, tmp_path / "a.safetensors")
+    state = {k: v.contiguous() for k, v in tiny_sam.state_dict().items()}
+    save_file(state, str(tmp_path / "bad.safetensors"), metadata={CONFIG_KEY: "[1, 2]"})
+    with pytest.raises(CheckpointError, match="bad.safetensors has an invalid embedded SAM config"):
+        average_checkpoints([tmp_path / "a.safetensors", tmp_path / "bad.safetensors"], tmp_path / "avg.safetensors")

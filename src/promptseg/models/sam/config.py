@@ -94,6 +94,8 @@ class SamConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SamConfig":
+        if not isinstance(data, Mapping):
+            raise TypeError(f"SamConfig must be a mapping, got {type(data).__name__}")
         data = dict(data)
         subs = {
             "image_encoder": ImageEncoderConfig,

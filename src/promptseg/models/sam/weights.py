@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -86,6 +86,22 @@ def infer_sam_config(state: Mapping[str, Tensor]) -> SamConfig:
     return SamConfig(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder)
 
 
+def _stored_config(stored: Mapping[str, Any], source: PathLike) -> SamConfig:
+    """The SAM config embedded in checkpoint ``source``; a :class:`CheckpointError` naming the file if invalid."""
+    try:
+        return SamConfig.from_dict(stored)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {source} has an invalid embedded SAM config: {err}") from err
+
+
+def _inferred_config(state: Mapping[str, Tensor], source: PathLike) -> SamConfig:
+    """:func:`infer_sam_config` of checkpoint ``source``'s weights; its errors name the file."""
+    try:
+        return infer_sam_config(state)
+    except ValueError as err:  # CheckpointError included
+        raise CheckpointError(f"checkpoint {source}: {err}") from err
+
+
 def load_sam(
     checkpoint: PathLike,
     *,
@@ -110,9 +126,12 @@ def load_sam(
     for name, value in {"dtype": dtype, **{k: v for k, v in parts.items() if v is not None}}.items():
         if not (isinstance(value, torch.dtype) and value.is_floating_point):
             raise TypeError(f"{name} must be a floating torch.dtype such as torch.bfloat16, got {value!r}")
+    from promptseg.hub import usable_device
+
+    device = usable_device(device, "device")
     state, stored = read_state_dict(checkpoint)
     if config is None:
-        config = SamConfig.from_dict(stored) if stored is not None else infer_sam_config(state)
+        config = _stored_config(stored, checkpoint) if stored is not None else _inferred_config(state, checkpoint)
     model = build_sam(config)
     load_state_dict_strict(model, state, source=f"checkpoint {checkpoint}")
     model = model.to(device=device, dtype=dtype)
@@ -249,10 +268,10 @@ def average_checkpoints(
     Averaging the weights of models fine-tuned from one start — the checkpoints of a run (stochastic weight
     averaging after the fact) or the ends of several training cycles (a "model soup") — often gives a model
     better than each. Sources are any files :func:`load_sam` reads, training checkpoints (``step_*.pt``)
-    included; ``weights`` (default: equal) are normalised. The architecture is ``config``, else the config
-    promptseg files and training checkpoints among the sources embed (they must agree), else inferred from
-    the weights (decoder head count assumed official: a warning says so).
-    Mismatched files raise ``ValueError`` naming the file.
+    included; ``weights`` (default: equal) are normalised. The architecture is the config promptseg files and
+    training checkpoints among the sources embed (they must agree with each other and with ``config`` if
+    given), else ``config``, else inferred from the weights (decoder head count assumed official: a warning
+    says so). Mismatched files raise ``ValueError`` naming the file.
     """
     sources = list(sources)
     if not sources:
@@ -260,26 +279,33 @@ def average_checkpoints(
     weights = [1.0] * len(sources) if weights is None else list(weights)
     if len(weights) != len(sources):
         raise ValueError(f"weights: {len(weights)} weights for {len(sources)} checkpoints")
-    embedded: Dict[str, dict] = {}
+    embedded: Dict[str, SamConfig] = {}
 
     def states():
         for src in sources:
             state, stored = read_state_dict(src)
             if stored is not None:
-                embedded[str(src)] = stored
-            yield str(src), state
+                embedded[str(src)] = _stored_config(stored, src)
+            # in float32: the mean comes back in the first state's dtype (not bfloat16 if that is the first
+            # file's) and is saved as float32 anyway
+            yield str(src), {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
     averaged = average_state_dicts(states(), weights)
-    if config is None and embedded:
-        (first_name, config), *others = [(name, SamConfig.from_dict(c)) for name, c in embedded.items()]
+    if embedded:  # sources that embed their architecture must agree, whatever ``config`` says
+        (first_name, first), *others = embedded.items()
         for name, other in others:
-            if other != config:
+            if other != first:
                 raise ValueError(f"{name} embeds another architecture than {first_name}: not averageable")
+    if config is None and embedded:
+        config = first
     elif config is None:
-        config = infer_sam_config(averaged)
+        config = _inferred_config(averaged, sources[0])
         logger.warning("no source embeds its architecture: inferred from the weights, with the official "
                        "decoder head count (8); pass the config (--model-type) if that is wrong")
     model = build_sam(config)
+    if embedded and model.config != first:
+        raise ValueError(f"config: the given architecture is not the one {first_name} embeds: not averageable "
+                         "(leave it unset to use the embedded one)")
     load_state_dict_strict(model, averaged, source=f"the average of {len(sources)} checkpoints")
     save_sam(model, dst)
     return _config_of(model)
