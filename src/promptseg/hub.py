@@ -46,7 +46,7 @@ def precisions(dtype: str = "float32", encoder_dtype: Optional[str] = None,
         if name is None:
             continue
         value = getattr(torch, str(name), None)
-        if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        if not isinstance(value, torch.dtype) or not value.is_floating_point or value.itemsize < 2:  # no float8 kernels
             raise ValueError(f"{option}: unknown floating-point dtype {name!r} (e.g. float32, bfloat16, float16)")
         out[option] = value
     return out

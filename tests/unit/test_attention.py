@@ -88,6 +88,22 @@ def test_backends_agree_on_random_inputs(bias_kind):
     assert (outs["sdpa"] - logits.softmax(-1) @ v).abs().max() <= ATOL
 
 
+@pytest.mark.parametrize("bias_kind", ["dense", "decomposed"])
+def test_backends_accept_a_float32_bias_with_bfloat16_inputs(bias_kind):
+    """A bias in another dtype than q/k/v is cast to theirs by every backend (sdpa did; eager raised)."""
+    b, h, n, d = 1, 2, 12, 8
+    q, k, v = (_randn(b, h, n, d, seed=s).bfloat16() for s in (1, 2, 3))
+    bias = _randn(b, h, n, n, seed=4)
+    if bias_kind == "decomposed":  # 3 × 4 = n keys
+        bias = DecomposedBias(_randn(b, h, n, 3, seed=5), _randn(b, h, n, 4, seed=6))
+    outs = {}
+    for name in ("eager", "sdpa"):
+        with use_attention_backend(name):
+            outs[name] = attention(q, k, v, bias)
+        assert outs[name].dtype == torch.bfloat16 and outs[name].shape == (b, h, n, d)
+    assert (outs["eager"].float() - outs["sdpa"].float()).abs().max() <= 0.05
+
+
 def test_default_scale_is_inverse_sqrt_head_dim():
     q, k, v = _randn(1, 2, 4, 9, seed=1), _randn(1, 2, 6, 9, seed=2), _randn(1, 2, 6, 9, seed=3)
     for name in ("eager", "sdpa"):
@@ -265,6 +281,33 @@ def test_every_sam_attention_goes_through_the_selected_backend(tiny_sam, helpers
     default = SamPredictor(tiny_sam)
     default.set_image(image)
     helpers.assert_close(default.features, predictor.features, "spy vs sdpa")
+
+
+def test_registered_backend_sees_the_decoder_cross_attentions_at_official_head_width(monkeypatch):
+    """With few prompt tokens per head (the official decoder: 7 tokens, 16 dims per head) the ``sdpa``
+    backend re-associates the cross-attentions; a registered backend must still receive every one."""
+    from promptseg.models.sam.mask_decoder import TwoWayTransformer
+
+    calls = []
+
+    def spy(q, k, v, bias, scale):
+        calls.append(tuple(q.shape))
+        return attention_module.eager_attention(q, k, v, bias, scale)
+
+    monkeypatch.setitem(attention_module._BACKENDS, "spy", spy)
+    torch.manual_seed(0)
+    transformer = TwoWayTransformer(depth=2, embedding_dim=64, num_heads=2, mlp_dim=32).eval()
+    image, pe, tokens = _randn(1, 64, 6, 6, seed=1), _randn(1, 64, 6, 6, seed=2), _randn(3, 7, 64, seed=3)
+    assert tokens.shape[1] < transformer.layers[0].cross_attn_token_to_image.internal_dim // 2  # few tokens per head
+    outs = {}
+    with torch.no_grad():
+        for name in ("spy", "eager", "sdpa"):
+            with use_attention_backend(name):
+                outs[name] = transformer(image, pe, tokens)
+    assert len(calls) == 3 * 2 + 1  # self, token→image, image→token per layer + the final token→image
+    for name in ("eager", "sdpa"):
+        for a, b in zip(outs["spy"], outs[name]):
+            assert (a - b).abs().max() <= ATOL
 
 
 def test_dense_bias_path_for_accelerators_matches_eager_with_gradients():

@@ -577,6 +577,7 @@ def test_precision_names_become_load_model_arguments():
     assert precisions("float32", "bfloat16") == {"dtype": torch.float32, "encoder_dtype": torch.bfloat16}
     assert precisions("bfloat16", None, "float16") == {"dtype": torch.bfloat16, "transformer_dtype": torch.float16}
     for args, option in ((("float8",), "dtype"), (("float32", "int8"), "encoder_dtype"),
-                         (("float32", None, "Tensor"), "transformer_dtype")):
+                         (("float32", None, "Tensor"), "transformer_dtype"), (("float8_e4m3fn",), "dtype"),
+                         (("float32", "float8_e5m2"), "encoder_dtype")):
         with pytest.raises(ValueError, match=f"^{option}: unknown floating-point dtype"):
             precisions(*args)

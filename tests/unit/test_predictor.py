@@ -121,6 +121,30 @@ def test_bfloat16_model_returns_float32_close_to_float32(tiny_sam, image, predic
     assert (again[0] == expected[0]).mean() >= 0.98  # the mask-prompt path (no cached image keys)
 
 
+def test_bfloat16_sam_forward_returns_float32(tiny_sam, image, predictor):
+    """``Sam.forward`` (the reference's batched call) of an all-bfloat16 model returns float32 logits and
+    IoU predictions, and its masks threshold those float32 logits — as ``SamPredictor`` does."""
+    model = build_sam(tiny_sam.config)
+    model.load_state_dict(tiny_sam.state_dict())
+    model = model.to(torch.bfloat16)
+    transformed = predictor.transform.apply_image(image)
+    coords = predictor.transform.apply_coords(np.array([[30.0, 40.0]]), image.shape[:2])
+    record = {
+        "image": torch.as_tensor(transformed).permute(2, 0, 1).float(),
+        "original_size": image.shape[:2],
+        "point_coords": torch.as_tensor(coords, dtype=torch.float32)[None],
+        "point_labels": torch.tensor([[1]]),
+    }
+    with torch.no_grad():
+        (out,) = model([record], multimask_output=True)
+        (expected,) = tiny_sam([record], multimask_output=True)
+        full = model.postprocess_masks(out["low_res_logits"], record["image"].shape[-2:], record["original_size"])
+    assert out["low_res_logits"].dtype == out["iou_predictions"].dtype == torch.float32
+    assert out["masks"].dtype == torch.bool and torch.equal(out["masks"], full > model.mask_threshold)
+    assert (out["low_res_logits"] - expected["low_res_logits"]).abs().max() <= 0.05
+    assert (out["iou_predictions"] - expected["iou_predictions"]).abs().max() <= 0.02
+
+
 # ---------------------------------------------------------------------------------------------------
 # predict_many == B × predict (and == the reference, one prompt at a time)
 

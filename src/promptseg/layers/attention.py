@@ -73,7 +73,7 @@ def eager_attention(q: Tensor, k: Tensor, v: Tensor, bias: Bias, scale: float) -
     if isinstance(bias, DecomposedBias):
         bias = bias.dense().view(attn.shape)
     if bias is not None:
-        attn = attn + bias
+        attn = attn + bias.to(attn.dtype)  # a bias of another dtype is cast, as the sdpa backend casts it
     return attn.softmax(dim=-1) @ v
 
 

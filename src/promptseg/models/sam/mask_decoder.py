@@ -74,12 +74,12 @@ class Attention(nn.Module):
 
         Either side may have batch 1 (shared by all prompts). ``q``/``kv`` are precomputed head-split
         projections of ``q_in``/``k_in, v_in``; ``residual`` (``B×Nq×D`` or batch 1), when given, is
-        added to the output. The eager backend computes the reference formulation; the fast backends
-        re-associate the products when one side has only a few tokens (exact algebra, see
-        :meth:`_few_queries` and :meth:`_few_keys`).
+        added to the output. The ``sdpa`` backend re-associates the products when one side has only a
+        few tokens (exact algebra, see :meth:`_few_queries` and :meth:`_few_keys`); ``eager`` and any
+        registered backend get the reference formulation through :func:`attention`.
         """
         few = self.internal_dim // self.num_heads  # fewer tokens per head than this: re-associate
-        fast = get_attention_backend() != "eager"
+        fast = get_attention_backend() == "sdpa"
         if fast and kv is None and q_in.shape[1] < few:
             out = self._few_queries(q_in, k_in, v_in)
         elif fast and k_in.shape[1] < few:

@@ -59,7 +59,7 @@ class Sam(nn.Module):
         Each input dict holds ``image`` (``3×H×W`` already resized so the long side is ``img_size``),
         ``original_size`` ``(H, W)`` and optionally ``point_coords`` ``B×N×2``, ``point_labels`` ``B×N``,
         ``boxes`` ``B×4``, ``mask_inputs`` ``B×1×256×256``. Returns per image ``masks`` ``B×C×H×W`` (bool),
-        ``iou_predictions`` ``B×C`` and ``low_res_logits`` ``B×C×256×256``.
+        ``iou_predictions`` ``B×C`` and ``low_res_logits`` ``B×C×256×256`` (float32 whatever the model dtype).
         """
         input_images = torch.stack([self.preprocess(x["image"]) for x in batched_input], dim=0)
         image_embeddings = self.image_encoder(input_images)
@@ -70,6 +70,7 @@ class Sam(nn.Module):
             low_res, iou = self.mask_decoder(
                 embedding.unsqueeze(0), self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output
             )
+            low_res, iou = low_res.float(), iou.float()  # float32 whatever the model dtype, as SamPredictor's
             binary = self.binary_masks(low_res, record["image"].shape[-2:], record["original_size"])
             outputs.append({"masks": binary, "iou_predictions": iou, "low_res_logits": low_res})
         return outputs
