@@ -37,8 +37,9 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, Tensor], Optional[Dict[st
         raise IsADirectoryError(f"checkpoint {path} is a directory, not a checkpoint file (.pth or .safetensors)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
+    if path.suffix.lower() == ".safetensors":
+        state, config = _read_safetensors(path)
+        return strip_wrapper_prefixes(state), config
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - random bytes fail the weights-only unpickler in many ways
@@ -57,7 +58,23 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, Tensor], Optional[Dict[st
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
-    return dict(obj), config
+    return strip_wrapper_prefixes(dict(obj)), config
+
+
+#: Key prefixes that wrappers add to every key of the model they wrap: DistributedDataParallel /
+#: DataParallel (``module.``) and ``torch.compile`` (``_orig_mod.``).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_wrapper_prefixes(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """``state`` without a wrapper prefix that *every* key carries (repeatedly: ``module._orig_mod.``), as
+    saved from a DDP or compiled model's ``state_dict()``; other state dicts are returned unchanged."""
+    while state:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
 
 
 def _read_safetensors(path: Path) -> Tuple[Dict[str, Tensor], Optional[Dict[str, Any]]]:

@@ -250,10 +250,26 @@ def test_invalid_embedded_config_is_a_checkpoint_error_naming_the_file(tmp_path,
 
 
 def test_a_state_dict_that_is_no_sam_names_the_file(tmp_path, tiny_sam):
-    path = tmp_path / "ddp.pth"  # e.g. saved from a DistributedDataParallel wrapper
-    torch.save({f"module.{k}": v for k, v in tiny_sam.state_dict().items()}, path)
-    with pytest.raises(CheckpointError, match=r"ddp\.pth: not a SAM checkpoint"):
+    path = tmp_path / "other.pth"  # e.g. SAM nested inside a larger model
+    torch.save({f"backbone.{k}": v for k, v in tiny_sam.state_dict().items()}, path)
+    with pytest.raises(CheckpointError, match=r"other\.pth: not a SAM checkpoint"):
         load_sam(path)
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_ddp_and_compiled_state_dicts_load(tmp_path, tiny_sam, prefix):
+    """``state_dict()`` of a DDP-wrapped (``module.``) or ``torch.compile``d (``_orig_mod.``) model loads
+    as the plain model's, from a .pth (also wrapped in {"model": …}) and from a .safetensors."""
+    from safetensors.torch import save_file
+
+    state = {f"{prefix}{k}": v for k, v in tiny_sam.state_dict().items()}
+    torch.save({"model": state}, tmp_path / "ddp.pth")
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "ddp.SAFETENSORS")
+    for name in ("ddp.pth", "ddp.SAFETENSORS"):
+        loaded = load_sam(tmp_path / name)
+        for key, value in tiny_sam.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), (name, key)
+    assert list(read_state_dict(tmp_path / "ddp.pth")[0]) == list(tiny_sam.state_dict())
 
 
 def test_a_directory_is_not_reported_as_missing(tmp_path):
