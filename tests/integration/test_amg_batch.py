@@ -160,6 +160,21 @@ def test_local_batch_outputs_skip_and_formats(tmp_path, helpers, factory):
     assert run_batch([tmp_path / "in"], out2, other, ["sa1b"], progress=False).done == 5
 
 
+def test_local_engine_restores_the_callers_thread_count(tmp_path, helpers, checkpoint):
+    import torch
+
+    _write_images(tmp_path / "in", helpers, count=1, bad=False)
+    factory = GeneratorFactory(str(checkpoint), generator=_generator_spec(), options=dict(OPTIONS), threads=1,
+                               tune_allocator=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert run_batch([tmp_path / "in"], tmp_path / "out", factory, progress=False).done == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_part_dtypes_are_part_of_the_fingerprint_only_when_set(checkpoint):
     import dataclasses
 

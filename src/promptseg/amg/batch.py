@@ -430,10 +430,13 @@ class GeneratorFactory:
         device, dtype: where and in which precision the model runs (``"float32"`` or ``"bfloat16"``).
         encoder_dtype, transformer_dtype: the precisions of the image encoder and of the decoder's two-way
             transformer when they differ from ``dtype`` (None: ``dtype``).
-        threads: torch intra-op threads of the worker (None: torch's default).
+        threads: torch intra-op threads of the worker (None: torch's default); with the local engine, for
+            the run only.
         tune_allocator: raise glibc's malloc thresholds in the worker (:func:`promptseg.runtime.tune_allocator`):
             image after image, the encoder's large activations are reused instead of page-faulted in again
             (≈ 10 % of a float32 ViT-B encoding on the development CPU); the worker keeps its peak memory.
+            With the local engine the worker is the calling process, which keeps the setting: pass False
+            from a long-lived application that does not want it.
     """
 
     checkpoint: Optional[str] = None
@@ -521,9 +524,17 @@ class GeneratorFactory:
 
 # --------------------------------------------------------------------------------------------- engines
 def _run_local(todo: Sequence[ImageTask], factory: Callable[[], Any], spec: OutputSpec) -> Iterator[Dict[str, Any]]:
-    generator = factory()
-    for task in todo:
-        yield process_image(task, generator, spec)
+    """Every image in this process. The factory's ``threads`` apply for the run only: the caller's torch
+    thread count is restored afterwards (its allocator tuning, which glibc cannot report, stays)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        generator = factory()
+        for task in todo:
+            yield process_image(task, generator, spec)
+    finally:
+        torch.set_num_threads(threads)
 
 
 class RayImageWorker:
