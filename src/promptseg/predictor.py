@@ -235,7 +235,7 @@ class SamPredictor:
                     f"got {arr.shape}"
                 )
             binary = arr.reshape(-1, *original) > 0
-            logits = np.stack([mask_to_logits(m, self.model.image_encoder.img_size) for m in binary])
+            logits = np.stack([mask_to_logits(m, self.model.image_encoder.img_size, grid=low[0]) for m in binary])
         elif np.issubdtype(arr.dtype, np.floating):
             if not np.isfinite(arr).all():
                 raise ValueError("mask_input contains NaN or infinite values")

@@ -280,11 +280,12 @@ def mask_to_grid(mask: np.ndarray, img_size: int, grid: int) -> Tensor:
     return F.adaptive_avg_pool2d(frac, (grid, grid))
 
 
-def mask_to_logits(mask: np.ndarray, img_size: int, logit: float = 10.0) -> np.ndarray:
-    """A binary mask at the original image size → ``1×(S/4)×(S/4)`` mask-prompt logits (``±logit``).
+def mask_to_logits(mask: np.ndarray, img_size: int, logit: float = 10.0, grid: Optional[int] = None) -> np.ndarray:
+    """A binary mask at the original image size → ``1×grid×grid`` mask-prompt logits (``±logit``).
 
     The foreground fraction of each low-res cell (:func:`mask_to_grid`) becomes a logit in
-    ``[-logit, +logit]``.
+    ``[-logit, +logit]``. ``grid``: the prompt encoder's ``mask_input_size`` (4 × the token grid; default
+    ``S/4``, right for 16-px patches).
     """
-    low = mask_to_grid(mask, img_size, img_size // 4)
+    low = mask_to_grid(mask, img_size, grid or img_size // 4)
     return ((low * 2.0 - 1.0) * logit)[0].numpy()

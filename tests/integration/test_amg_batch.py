@@ -314,6 +314,24 @@ def test_cli_tunes_the_allocator_of_its_workers_unless_told_not_to(tmp_path, che
     assert "tune_allocator" not in seen["factory"].settings()  # the masks do not depend on it
 
 
+@pytest.mark.parametrize("flags,expected", [([], False), (["--force"], True)])
+def test_cli_force_reaches_run_batch(tmp_path, checkpoint, monkeypatch, flags, expected):
+    from types import SimpleNamespace
+
+    from promptseg.amg import batch, cli
+
+    seen = {}
+
+    def fake_run_batch(*args, **kwargs):
+        seen.update(kwargs)
+        return SimpleNamespace(lines=lambda: [], failed=0)
+
+    monkeypatch.setattr(batch, "run_batch", fake_run_batch)
+    (tmp_path / "in").mkdir()
+    assert cli.main([str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--checkpoint", str(checkpoint), *flags]) == 0
+    assert seen["force"] is expected
+
+
 def test_presets_come_from_the_generator_class(checkpoint):
     from promptseg.amg.batch import PRESETS
 

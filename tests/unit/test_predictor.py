@@ -399,6 +399,24 @@ def test_binary_mask_prompt_equals_its_logits(predictor):
             assert np.array_equal(a, b)
 
 
+def test_binary_mask_prompt_with_8px_patches(tiny_config, image):
+    """The low-res mask grid is 4 × the token grid, not img_size / 4, when patches are not 16 px
+    (the bundled default model: 256 px input, 8-px patches → 128×128 mask prompts)."""
+    import dataclasses
+
+    config = dataclasses.replace(tiny_config, image_encoder=dataclasses.replace(tiny_config.image_encoder, patch_size=8))
+    p = SamPredictor(build_sam(config).eval())
+    p.set_image(image)
+    mask = np.zeros((H, W), bool)
+    mask[20:70, 30:120] = True
+    got = p.predict(mask_input=mask, point_coords=np.array([[60, 40]]), point_labels=np.array([1]))
+    assert got[2].shape[-2:] == (64, 64)
+    expected = p.predict(mask_input=mask_to_logits(mask, 128, grid=64), point_coords=np.array([[60, 40]]),
+                         point_labels=np.array([1]))
+    for a, b in zip(got, expected):
+        assert np.array_equal(a, b)
+
+
 def test_binary_mask_prompt_changes_the_result(predictor):
     mask = np.zeros((H, W), bool)
     mask[20:70, 30:120] = True

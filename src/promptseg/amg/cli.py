@@ -198,6 +198,7 @@ def _run(args: argparse.Namespace, factory: Any, threads: Optional[int]) -> Any:
         ray_address=args.ray_address,
         cpus_per_worker=float(threads or 1),
         gpus_per_worker=1.0 if args.engine == "ray" and args.device.startswith("cuda") else 0.0,
+        force=args.force,
         progress=not args.quiet,
     )
 
