@@ -290,9 +290,19 @@ def _human_bytes(n: int) -> str:
 
 
 def describe_config(config: Any, source: str) -> List[str]:
-    """Human-readable lines for a :class:`SamConfig`; ``source`` says where it came from."""
+    """Human-readable lines for a :class:`SamConfig` or a :class:`SegGptConfig`; ``source`` says where it
+    came from."""
     from promptseg.models.sam.config import SAM_PRESETS
+    from promptseg.models.seggpt.config import SegGptConfig
 
+    if isinstance(config, SegGptConfig):
+        return [
+            f"architecture: SegGPT (config {source})",
+            f"ViT: input {config.image_size[0]}×{config.image_size[1]} (prompt above query), patch "
+            f"{config.patch_size}, width {config.hidden_size}, depth {config.num_hidden_layers}, "
+            f"{config.num_attention_heads} heads, pair streams merged after block {config.merge_index}, "
+            f"decoder features from blocks {list(config.intermediate_hidden_state_indices)}",
+        ]
     enc, pe, dec = config.image_encoder, config.prompt_encoder, config.mask_decoder
     preset = next((name for name, c in SAM_PRESETS.items() if c == config), None)
     name = f"SAM ViT-{preset.split('_')[1].upper()}" if preset else "custom SAM"
@@ -321,7 +331,6 @@ EMBEDDED_CONFIG = "embedded in the file"
 def _read_checkpoint_summary(path: Path) -> Tuple[Any, str, int, List[str], str]:
     """``(config, source, parameter count, dtypes, format)`` of a checkpoint, reading as little as possible."""
     from promptseg.checkpoint import CONFIG_KEY, CheckpointError, read_state_dict
-    from promptseg.models.sam.config import SamConfig
     from promptseg.models.sam.weights import _stored_config, infer_sam_config
 
     if not path.is_file():
@@ -339,10 +348,17 @@ def _read_checkpoint_summary(path: Path) -> Tuple[Any, str, int, List[str], str]
         count = sum(math.prod(s) for s in shapes.values())
         if CONFIG_KEY in metadata:
             try:
-                config = SamConfig.from_dict(json.loads(metadata[CONFIG_KEY]))
-            except (json.JSONDecodeError, TypeError, ValueError) as err:
+                stored = json.loads(metadata[CONFIG_KEY])
+            except json.JSONDecodeError as err:
                 raise CheckpointError(f"checkpoint {path} has an invalid embedded config: {err}") from err
-            return config, EMBEDDED_CONFIG, count, dtypes, "promptseg safetensors"
+            if isinstance(stored, dict) and "merge_index" in stored:  # a SegGPT file (promptseg incontext)
+                from promptseg.models.seggpt.config import SegGptConfig
+
+                try:
+                    return SegGptConfig.from_dict(stored), EMBEDDED_CONFIG, count, dtypes, "promptseg safetensors"
+                except (TypeError, ValueError) as err:
+                    raise CheckpointError(f"checkpoint {path} has an invalid embedded SegGPT config: {err}") from err
+            return _stored_config(stored, path), EMBEDDED_CONFIG, count, dtypes, "promptseg safetensors"
         state, stored = read_state_dict(path)
         fmt = "safetensors without a promptseg config"
     else:

@@ -413,6 +413,22 @@ def test_info_missing_checkpoint_and_no_command(capsys, tmp_path):
     assert "promptseg" in capsys.readouterr().out
 
 
+def test_info_describes_a_seggpt_file(capsys, tmp_path):
+    """``promptseg info`` reads SegGPT files too (it called their config an invalid SAM config)."""
+    from promptseg.models.seggpt.build import build_seggpt
+    from promptseg.models.seggpt.config import SegGptConfig
+    from promptseg.models.seggpt.weights import save_seggpt
+
+    config = SegGptConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=(64, 32),
+                          merge_index=0, intermediate_hidden_state_indices=(0, 1), decoder_hidden_size=8)
+    save_seggpt(build_seggpt(config), tmp_path / "tiny_seggpt.safetensors")
+    code, out, err = run(capsys, "info", tmp_path / "tiny_seggpt.safetensors")
+    assert code == 0, err
+    assert "architecture: SegGPT" in out and "width 32, depth 2, 2 heads" in out and "input 64×32" in out
+    code, out, _ = run(capsys, "info", "--json", tmp_path / "tiny_seggpt.safetensors")
+    assert code == 0 and SegGptConfig.from_dict(json.loads(out)) == config
+
+
 # --------------------------------------------------------------------------------------------- console script
 def _console_script():
     script = Path(sys.executable).parent / "promptseg"
