@@ -324,6 +324,30 @@ def test_eval_on_an_sa1b_folder_writes_a_report(files, capsys, tmp_path, disk_sq
     assert code == 2 and "missing" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--max-masks", "0"], "--max-masks: expected an integer ≥ 1, got '0'"),
+        (["--max-masks", "-1"], "--max-masks: expected an integer ≥ 1"),
+        (["--max-clicks", "0"], "--max-clicks: expected an integer ≥ 1"),
+        (["--min-area", "-1"], "--min-area: expected an integer ≥ 0"),
+        (["--min-area-fraction", "nan"], "--min-area-fraction: expected a number ≥ 0, got 'nan'"),
+        (["-o", "{tmp}"], "is a directory; give the path of a file"),
+        (["-o", "{ckpt}/report.json"], "exists and is not a directory"),
+    ],
+)
+def test_eval_user_errors_are_caught_before_the_evaluation(files, capsys, tmp_path, args, expected):
+    args = [a.format(tmp=tmp_path, ckpt=files["ckpt"]) for a in args]
+    code, stdout, err = run(capsys, "eval", tmp_path, "--checkpoint", files["ckpt"], *args)
+    assert code == 2 and expected in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "masks evaluated" not in stdout
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"records": [{"point_top1": 1, "point_oracle": 1, "box": 1, "clicks_iou": [1],
+                                               "noc@85": 1, "noc@90": 1}]}))
+    code, _, err = run(capsys, "eval-compare", report, "-o", tmp_path)
+    assert code == 2 and "is a directory" in err
+
+
 # --------------------------------------------------------------------------------------------- demo
 def test_demo_writes_overlays(files, capsys, tmp_path):
     out = tmp_path / "demo"

@@ -78,6 +78,8 @@ def test_no_emoji_and_errors(tmp_path, capsys):
 
     code, _, err = run(capsys, "synth", out, "--num", "-1")
     assert code == 2 and "expected an integer ≥ 0" in err
+    code, _, err = run(capsys, "synth", out, "--seed", "-5")
+    assert code == 2 and "--seed: expected an integer ≥ 0" in err and err.count("\n") == 1
     code, _, err = run(capsys, "stats", tmp_path / "missing", "-o", tmp_path / "s")
     assert code == 2 and "missing" in err and err.count("\n") == 1
     code, _, err = run(capsys, "synth", out, "--no-emoji", "--categories-file", tmp_path / "c.txt")

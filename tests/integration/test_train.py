@@ -214,6 +214,26 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert "unknown key" in capsys.readouterr().err
 
 
+def test_cli_refuses_to_resume_a_run_whose_model_or_mode_changed_and_an_unknown_device(tmp_path, capsys):
+    from promptseg.train.cli import main
+
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(config_dict(tmp_path / "run", max_steps=1)))
+    assert main([str(path)]) == 0
+    capsys.readouterr()
+    model = json.loads(json.dumps(TINY_MODEL))
+    model["mask_decoder"]["mlp_dim"] = 48
+    for changes, what in (({"model": {"config": model}}, "model"), ({"mode": "decoder"}, "mode")):
+        path.write_text(json.dumps(config_dict(tmp_path / "run", max_steps=2, **changes)))
+        assert main([str(path), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "cannot resume from" in err and f"changed since the checkpoint: max_steps, {what})" in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert main([str(path), "--out", str(tmp_path / "other"), "--device", "tpu"]) == 2
+    err = capsys.readouterr().err
+    assert "device 'tpu' is not a torch device" in err and err.count("\n") == 1
+
+
 def test_torchrun_two_processes_on_cpu(tmp_path):
     out = tmp_path / "ddp"
     path = tmp_path / "ddp.json"

@@ -88,6 +88,16 @@ def test_reports_of_different_masks_are_refused():
         paired([], [])
 
 
+def test_reports_of_another_dataset_with_the_same_mask_ids_are_refused():
+    base = [dict(r, area_fraction=0.01 * (i + 1)) for i, r in enumerate(records(0, n=8))]
+    other = [dict(r, area_fraction=0.5 * r["area_fraction"]) for r in base]  # same ids, other masks
+    with pytest.raises(ValueError, match="record 0 covers 0.01 of its image in the baseline but 0.005"):
+        paired(base, other)
+    with pytest.raises(ValueError, match="another dataset"):
+        groups(base, other)
+    assert len(paired(base, [dict(r) for r in base])) == 10
+
+
 def test_box_against_its_baselines_in_one_report():
     recs = records(2)
     grabcut, fill = baseline_pairs(recs)

@@ -392,6 +392,10 @@ def test_config_values_are_checked_and_round_trip(tmp_path):
                 {"pairs": {"crop_scale": [0.5, 0.2]}}, {"model": {}}):
         with pytest.raises(ValueError):
             SegGptTrainConfig.from_dict(base_config(**bad))
+    for bad, message in (({"pairs": {"semantic_prob": "high"}}, "pairs: semantic_prob must be a finite number"),
+                         ({"batch_size": "8"}, "batch_size must be an integer, got '8'")):
+        with pytest.raises(ValueError, match=message):
+            SegGptTrainConfig.from_dict(base_config(**bad))
     cfg = SegGptTrainConfig.from_dict(base_config(pairs={"mix_prob": 0.3, "mix_grid": [1, 2]}, milestones=[5, 9]))
     assert cfg.pairs.mix_grid == (1, 2) and cfg.milestones == (5, 9)
     path = tmp_path / "cfg.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,29 @@ def test_minimal_config_has_the_paper_defaults():
 )
 def test_invalid_configs_are_rejected(change, message):
     with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict({**MINIMAL, **change})
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"batch_size": "2"}, "batch_size must be an integer, got '2'"),
+        ({"points_per_round": 2.5}, "points_per_round must be an integer, got 2.5"),
+        ({"lr": "abc"}, "lr must be a finite number, got 'abc'"),
+        ({"box_noise_std": float("nan")}, "box_noise_std must be a finite number, got nan"),
+        ({"progress": "no"}, "progress must be true or false"),
+        ({"milestones": ["a"]}, "milestones must be a list of integers"),
+        ({"betas": 0.9}, "betas must be a list of 2 finite numbers"),
+        ({"clip_grad_norm": "1"}, "clip_grad_norm must be a finite number or null"),
+        ({"dataset": {"type": "synthetic-shapes", "num_images": "six"}}, "num_images must be an integer, got 'six'"),
+        ({"model": {"config": {"image_encoder": {"depth": "two"}}}}, "image_encoder: depth must be an integer"),
+        ({"lr_gamma": -1}, "lr_gamma must be > 0"),
+        ({"weight_decay": -0.1}, "weight_decay must be ≥ 0"),
+        ({"box_noise_max": -5}, "box_noise_max must be ≥ 0"),
+    ],
+)
+def test_values_of_the_wrong_type_or_range_are_named(change, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         TrainConfig.from_dict({**MINIMAL, **change})
 
 

@@ -63,7 +63,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("outdir", metavar="OUTDIR", help="output folder (created if needed)")
     p.add_argument("--num", type=number_type(int, 0), default=100, help="number of images (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=number_type(int, 0), default=0, help="random seed (default 0)")
     p.add_argument("--size", type=number_type(int, 1), default=512, help="image side in pixels (default 512)")
     p.add_argument("--start", type=number_type(int, 0), default=0,
                    help="index of the first image (default 0); disjoint ranges give disjoint splits")

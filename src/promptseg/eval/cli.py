@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from promptseg.cli import DTYPES, add_part_dtype_options
+from promptseg.cli import DTYPES, add_part_dtype_options, number_type
 
 FORMATS = ("sa1b", "coco", "folder")
 
@@ -51,12 +51,27 @@ def format_report(summary: Dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def check_output_file(path: Optional[str], option: str = "-o") -> None:
+    """``ValueError`` now, not after the long work, when ``path`` cannot become a file (a folder is there)."""
+    if path is None:
+        return
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"{option} {out} is a directory; give the path of a file")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {out}: {parent} exists and is not a directory")
+            break
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from promptseg.fileio import atomic_write
     from promptseg.cli import _load_model
     from promptseg.eval.interactive import EvalConfig, evaluate
     from promptseg.predictor import SamPredictor
 
+    check_output_file(args.output)
     dataset = open_dataset(args.dataset, args.format, args.annotations, args.masks)
     model = _load_model(args)
     config = EvalConfig(max_clicks=args.max_clicks, grabcut=not args.no_grabcut, mask_prompt=not args.no_mask_prompt,
@@ -86,6 +101,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if len(args.reports) > 2:
         raise ValueError(f"eval-compare takes one or two reports (BASELINE [CANDIDATE]), got {len(args.reports)}")
+    check_output_file(args.output)
     docs = [load_report(path) for path in args.reports]
     for path, doc in zip(args.reports, docs):
         print(f"{path}: checkpoint {doc.get('checkpoint', '?')}, dataset {doc.get('dataset', '?')}, "
@@ -142,13 +158,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--annotations", help="COCO instances JSON (with --format coco)")
     p.add_argument("--masks", help="mask folder (with --format folder)")
     p.add_argument("--checkpoint", help="SAM checkpoint (default: the bundled model)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="model precision (default: float32)")
     add_part_dtype_options(p)
-    p.add_argument("--max-masks", type=int, default=None, help="stop after this many masks")
-    p.add_argument("--max-clicks", type=int, default=20)
-    p.add_argument("--min-area", type=int, default=16, metavar="PIXELS", help="skip smaller masks (default 16)")
-    p.add_argument("--min-area-fraction", type=float, default=0.0, metavar="F",
+    p.add_argument("--max-masks", type=number_type(int, 1), default=None, metavar="N",
+                   help="stop after this many masks (default: all)")
+    p.add_argument("--max-clicks", type=number_type(int, 1), default=20, metavar="N",
+                   help="clicks per mask in the interactive run (default 20)")
+    p.add_argument("--min-area", type=number_type(int, 0), default=16, metavar="PIXELS",
+                   help="skip smaller masks (default 16)")
+    p.add_argument("--min-area-fraction", type=number_type(float, 0.0), default=0.0, metavar="F",
                    help="skip masks covering less than this fraction of their image (default 0)")
     p.add_argument("--no-grabcut", action="store_true", help="skip the GrabCut baseline")
     p.add_argument("--no-mask-prompt", action="store_true", help="do not feed the previous logits back")

@@ -138,6 +138,12 @@ def _check_same_masks(baseline: Sequence[Record], candidate: Sequence[Record]) -
             if a[:width] != b[:width]:
                 raise ValueError(f"the reports evaluate different masks: record {i} is mask {a} of the baseline "
                                  f"but {b} of the candidate (same dataset, filters and --max-masks needed)")
+    for i, (a, b) in enumerate(zip(baseline, candidate)):  # same ids, other pixels: another dataset
+        if "area_fraction" in a and "area_fraction" in b and not math.isclose(
+                float(a["area_fraction"]), float(b["area_fraction"]), rel_tol=1e-9, abs_tol=1e-12):
+            raise ValueError(f"the reports evaluate different masks: record {i} covers {a['area_fraction']:.6g} of "
+                             f"its image in the baseline but {b['area_fraction']:.6g} in the candidate (another "
+                             "dataset?)")
     depth = [{len(r["clicks_iou"]) for r in recs if "clicks_iou" in r} for recs in (baseline, candidate)]
     if depth[0] != depth[1]:
         raise ValueError(f"the reports ran different numbers of clicks ({sorted(depth[0])} vs {sorted(depth[1])}): "

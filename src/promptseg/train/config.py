@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
-from promptseg.config_utils import check_unknown_keys
+from promptseg.config_utils import check_unknown_keys, check_value_types
 
 MODES = ("full", "decoder", "decoder+prompt")
 LOSS_RESOLUTIONS = ("input", "low_res")
@@ -111,6 +112,7 @@ def parse_sections(cls: type, data: Mapping[str, Any], where: str, model_cls: ty
     ``model`` (a ``model_cls``) and ``dataset`` (a :class:`DatasetSpec`) sections parsed, ``betas`` and
     ``milestones`` made tuples."""
     _check_keys(cls, data, where)
+    check_value_types(typing.get_type_hints(cls), data, where)
     for key in ("model", "dataset"):
         if key not in data:
             raise ValueError(f"{where}: missing required key {key!r}")
@@ -179,6 +181,8 @@ class LoopConfig:
         for name in ("num_workers", "warmup", "keep_checkpoints"):
             need(int(getattr(self, name)) >= 0, f"{name} must be ≥ 0, got {getattr(self, name)}")
         need(self.lr > 0, "lr must be positive")
+        need(self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}")
+        need(self.lr_gamma > 0, f"lr_gamma must be > 0 (a negative one makes the learning rate negative), got {self.lr_gamma}")
         need(len(self.betas) == 2, "betas must be two numbers")
         need(0.0 < self.layer_decay <= 1.0, "layer_decay must be in (0, 1]")
         need(self.drop_path is None or 0.0 <= self.drop_path < 1.0, "drop_path must be in [0, 1)")
@@ -282,6 +286,7 @@ class TrainConfig(LoopConfig):
         need(0.0 < self.max_mask_area <= 1.0, "max_mask_area must be in (0, 1]")
         need(0.0 <= self.min_mask_area < self.max_mask_area, "min_mask_area must be in [0, max_mask_area)")
         need(0.0 <= self.box_probability <= 1.0, "box_probability must be in [0, 1]")
+        need(self.box_noise_std >= 0.0 and self.box_noise_max >= 0.0, "box_noise_std and box_noise_max must be ≥ 0")
         need(self.first_round_weight > 0.0, f"first_round_weight must be > 0, got {self.first_round_weight}")
         need(self.detach_mask_prompt or not self.round_backward,
              "round_backward needs detach_mask_prompt (a round's mask prompt must not carry gradients to the last)")

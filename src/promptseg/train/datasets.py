@@ -22,9 +22,12 @@ The readers of :mod:`promptseg.data` are imported only when a dataset is built.
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from promptseg.config_utils import check_value_types
 
 DatasetFactory = Callable[..., Any]
 _REGISTRY: Dict[str, DatasetFactory] = {}
@@ -51,6 +54,12 @@ def check_dataset_options(name: str, options: Mapping[str, Any], where: str = "d
         raise ValueError(f"{where} ({name!r}): {err}") from err
     except ValueError:  # no signature available (builtins): checked when built
         pass
+    factory = _REGISTRY[name]
+    try:  # the options' JSON types against the factory's annotations (a string for a count fails now, named)
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: the factory checks its own arguments
+        return
+    check_value_types(hints, options, f"{where} ({name!r})")
 
 
 def build_dataset(name: str, options: Mapping[str, Any]) -> Any:

@@ -350,10 +350,15 @@ class DistInfo:
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    from promptseg.hub import usable_device
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a torch device (auto, cpu, cuda, cuda:1, …)") from None
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
-    return device
+    return usable_device(device, "device")
 
 
 def init_distributed(device_name: str) -> Tuple[DistInfo, torch.device]:
@@ -569,8 +574,18 @@ class Trainer:
             raise ValueError(f"cannot read training checkpoint {path}: {err}") from err
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a promptseg training checkpoint")
-        self.network.load_state_dict(state["model"], strict=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved = json.loads(state["config"])
+        try:
+            self.network.load_state_dict(state["model"], strict=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as err:  # another architecture, or other parameters trained
+            now = self.config.to_dict()
+            changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            raise ValueError(
+                f"cannot resume from {path}: its model or optimizer state does not fit this config (changed since "
+                f"the checkpoint: {', '.join(changed) or 'nothing'}); resume with the run's config or start a new "
+                f"run (--out)"
+            ) from err
         self.scheduler.load_state_dict(state["scheduler"])
         self._apply_schedule()
         if self.average is not None:
@@ -581,7 +596,6 @@ class Trainer:
         self.step = int(state["step"])
         self.epoch = int(state["data"]["epoch"])
         self.batch_in_epoch = int(state["data"]["batch"])
-        saved = json.loads(state["config"])
         if saved.get("batch_size") != self.config.batch_size or state.get("world_size") != self.dist.world_size:
             logger.warning("resuming with a different batch size or world size: the data order is not continued exactly")
         rng = state["rng"]
@@ -666,7 +680,8 @@ class Trainer:
         if not self.dist.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.json").write_text(self.config.to_json() + "\n")
+        text = self.config.to_json() + "\n"
+        atomic_write(self.out_dir / "config.json", lambda tmp: Path(tmp).write_text(text))
         csv_path = self.out_dir / "metrics.csv"
         rows: List[List[str]] = []
         if self.resume_from is not None and csv_path.is_file():  # drop rows of steps after the checkpoint

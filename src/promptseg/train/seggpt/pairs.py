@@ -42,11 +42,13 @@ import bisect
 import copy
 import inspect
 import math
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from promptseg.config_utils import check_value_types
 from promptseg.data import MaskDataset, make_item
 from promptseg.incontext.palette import default_palette, encode_labels, random_palette
 from promptseg.incontext.predictor import normalize, resize_image, resize_nearest
@@ -131,6 +133,7 @@ class PairConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "PairConfig":
         """From a JSON object; unknown keys raise ValueError."""
         _check_keys(cls, data, "pairs")
+        check_value_types(typing.get_type_hints(cls), data, "pairs")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     def to_dict(self) -> Dict[str, Any]:
