@@ -148,6 +148,35 @@ def test_an_oracle_scores_one_and_the_settings_see_their_examples():
     assert evaluate_oneshot(Empty(eps), eps, "none")["mIoU"] == 0.0
 
 
+def test_fss_miou_sums_intersection_and_union_per_category():
+    # two scenes: a "square" at the top-left corner of side 4 or 12 and a 4×4 "dot" at the bottom-right; the
+    # predictor always answers the 8×8 top-left box. Squares: IoU 16/64 and 64/144 (mean 0.347), FSS (16 + 64)
+    # / (64 + 144) = 0.385; dots: 0 → fss_mIoU = 0.385 / 2, while mIoU / category_mIoU average episodes
+    scenes = []
+    for i, side in enumerate((4, 12)):
+        square, dot = np.zeros((2, 24, 24), bool)
+        square[:side, :side] = True
+        dot[-4:, -4:] = True
+        scenes.append(make_item(np.full((24, 24, 3), i, np.uint8), np.stack([square, dot]), i, ["square", "dot"],
+                                [-1, -1]))
+    eps = oneshot_episodes(scenes, num_examples=1, num_episodes=None)
+    assert sorted(e.category for e in eps) == ["dot", "dot", "square", "square"]
+
+    class Box:
+        def predict(self, target, examples, ensemble, embedding_type):
+            labels = np.zeros(target.shape[:2], np.int32)
+            labels[:8, :8] = 1
+            return SimpleNamespace(labels=labels)
+
+    r = evaluate_oneshot(Box(), eps, "none")
+    assert r["per_category"] == pytest.approx({"dot": 0.0, "square": (16 / 64 + 64 / 144) / 2})
+    assert r["mIoU"] == pytest.approx(r["category_mIoU"]) and r["category_mIoU"] == pytest.approx((0.25 + 4 / 9) / 4)
+    assert r["fss_mIoU"] == pytest.approx((16 + 64) / (64 + 144) / 2)
+    report = compare_ensembles(Box(), eps)
+    assert report["results"]["feature"]["fss_mIoU"] == pytest.approx(r["fss_mIoU"])
+    assert "FSS mIoU" in format_oneshot(report).splitlines()[1]
+
+
 # --------------------------------------------------------------------------------------------- tiny model
 @needs_font
 def test_tiny_model_on_synthetic_scenes(folder, model):

@@ -119,6 +119,24 @@ def test_semantic_pairs_share_the_category_and_differ_in_scene():
     assert seen_two  # several categories in one pair, each its own colour
 
 
+def test_semantic_categories_obey_the_mask_area_limits():
+    """Like instances, a named mask that is empty or covers more than max_mask_area of its scene is never a
+    category: not in the scene index, never coloured."""
+    size = 32
+    image = np.full((size, size, 3), 100, np.uint8)
+    small = np.zeros((size, size), bool)
+    small[4:12, 4:12] = True
+    huge, empty = ~small, np.zeros((size, size), bool)
+    scenes = [make_item(image, np.stack([huge, small, empty]), f"s{i}", ["sky", "cat", "ghost"], [-1, -1, -1])
+              for i in range(3)]
+    data = PairDataset(scenes, PairConfig(semantic_prob=1.0, min_mask_area=0, max_mask_area=0.9, jitter_prob=0.0),
+                       (32, 32), 8)
+    assert data.index.categories == [("cat",)] * 3
+    for i in range(8):
+        s = data.sample(i % 3, np.random.default_rng(i))
+        assert s.embedding_type == "semantic" and s.keys == ["cat"] and s.prompt_labels.any()
+
+
 def test_semantic_pairs_with_the_same_scene_and_the_type_mix():
     data = pairs(semantic_prob=1.0, same_image_prob=1.0)
     s = data.sample(3, np.random.default_rng(0))

@@ -11,7 +11,9 @@ the IoU of the predicted foreground (any label) with the ground truth.
   categories never seen in training). Which scenes hold which category comes from
   :class:`promptseg.train.seggpt.pairs.SceneIndex` (the training pairs' definition of a category:
   top-level named masks, not the random shapes, not parts).
-* :func:`evaluate_oneshot` — mIoU of one setting (an ensemble and a number of examples).
+* :func:`evaluate_oneshot` — mIoU of one setting (an ensemble and a number of examples): the mean of the
+  per-episode IoUs, and ``fss_mIoU``, the FSS-1000 / COCO-20i number (each category's intersection and
+  union summed over its episodes, their ratio averaged over the categories).
 * :func:`compare_ensembles` — the context-ensemble ablation (§3.2, Table 4a) on the same episodes: the
   first example alone, all ``k`` examples with the feature ensemble, all ``k`` with the spatial ensemble.
 * :func:`evaluate_video` — first-frame propagation J&F (§4.4) on synthetic sequences of moving,
@@ -179,22 +181,27 @@ def _foreground(result: Any) -> np.ndarray:
     return np.asarray(result.labels) > 0
 
 
-def _summary(ious: Sequence[float], categories: Sequence[str]) -> Dict[str, Any]:
+def _summary(ious: Sequence[float], areas: Sequence[Tuple[int, int]], categories: Sequence[str]) -> Dict[str, Any]:
     per_category: Dict[str, List[float]] = {}
-    for c, v in zip(categories, ious):
+    totals: Dict[str, np.ndarray] = {}
+    for c, v, area in zip(categories, ious, areas):
         per_category.setdefault(c, []).append(v)
+        totals[c] = totals.get(c, np.zeros(2, np.int64)) + area  # FSS: intersection, union summed per category
     means = {c: float(np.mean(v)) for c, v in sorted(per_category.items())}
+    fss = [1.0 if u == 0 else float(i / u) for i, u in totals.values()]
     return {
         "episodes": len(ious),
         "mIoU": float(np.mean(ious)) if len(ious) else float("nan"),
         "category_mIoU": float(np.mean(list(means.values()))) if means else float("nan"),
+        "fss_mIoU": float(np.mean(fss)) if fss else float("nan"),
         "per_category": means,
     }
 
 
 def _run_settings(predictor: Any, episodes: OneShotEpisodes, settings: Sequence[Tuple[str, str, int]],
-                  embedding_type: str, progress: bool) -> Dict[str, List[float]]:
-    """IoU of every episode under every ``(key, ensemble, examples)`` setting; each episode is read once."""
+                  embedding_type: str, progress: bool) -> Tuple[Dict[str, List[float]], Dict[str, List[Any]]]:
+    """IoU and ``(intersection, union)`` pixel counts of every episode under every ``(key, ensemble, examples)``
+    setting; each episode is read once."""
     from tqdm import tqdm
 
     for key, ensemble, count in settings:
@@ -203,13 +210,17 @@ def _run_settings(predictor: Any, episodes: OneShotEpisodes, settings: Sequence[
         if ensemble == "none" and count != 1:
             raise ValueError(f"{key}: ensemble 'none' takes one example, not {count}")
     ious: Dict[str, List[float]] = {key: [] for key, _, _ in settings}
+    areas: Dict[str, List[Tuple[int, int]]] = {key: [] for key, _, _ in settings}
     for i in tqdm(range(len(episodes)), desc="one-shot", unit="episode", disable=not progress, file=sys.stderr):
         data = episodes.load(i)
         for key, ensemble, count in settings:
             result = predictor.predict(data.target_image, data.examples[:count], ensemble=ensemble,
                                        embedding_type=embedding_type)
-            ious[key].append(mask_iou(_foreground(result), data.target_mask))
-    return ious
+            pred = _foreground(result)
+            ious[key].append(mask_iou(pred, data.target_mask))
+            areas[key].append((int(np.count_nonzero(pred & data.target_mask)),
+                               int(np.count_nonzero(pred | data.target_mask))))
+    return ious, areas
 
 
 def evaluate_oneshot(
@@ -226,11 +237,14 @@ def evaluate_oneshot(
 
     ``predictor`` has :class:`~promptseg.incontext.predictor.SegGptPredictor`'s ``predict``. Returns
     ``{"ensemble", "examples", "episodes", "mIoU" (mean of the per-episode IoUs), "category_mIoU" (mean of
-    the per-category means), "per_category" {category: mean IoU}, "ious" (per episode, in order)}``.
+    the per-category means), "fss_mIoU" (the FSS-1000 / COCO-20i mIoU: per category, the intersections over
+    its episodes summed and divided by the unions summed; mean over the categories), "per_category"
+    {category: mean IoU}, "ious" (per episode, in order)}``.
     """
     count = 1 if ensemble == "none" else episodes.num_examples if num_examples is None else int(num_examples)
-    ious = _run_settings(predictor, episodes, [(ensemble, ensemble, count)], embedding_type, progress)[ensemble]
-    return {"ensemble": ensemble, "examples": count, **_summary(ious, [e.category for e in episodes]), "ious": ious}
+    ious, areas = _run_settings(predictor, episodes, [(ensemble, ensemble, count)], embedding_type, progress)
+    summary = _summary(ious[ensemble], areas[ensemble], [e.category for e in episodes])
+    return {"ensemble": ensemble, "examples": count, **summary, "ious": ious[ensemble]}
 
 
 def compare_ensembles(
@@ -250,9 +264,9 @@ def compare_ensembles(
     """
     k = episodes.num_examples
     settings = [(key, ensemble, k if all_examples else 1) for key, ensemble, all_examples in COMPARISON]
-    ious = _run_settings(predictor, episodes, settings, embedding_type, progress)
+    ious, areas = _run_settings(predictor, episodes, settings, embedding_type, progress)
     categories = [e.category for e in episodes]
-    results = {key: {"ensemble": ensemble, "examples": count, **_summary(ious[key], categories)}
+    results = {key: {"ensemble": ensemble, "examples": count, **_summary(ious[key], areas[key], categories)}
                for key, ensemble, count in settings}
     gain = results["feature"]["mIoU"] - results["one"]["mIoU"]
     records = [
@@ -283,10 +297,11 @@ def format_oneshot(report: Mapping[str, Any]) -> str:
     """Fixed-order text table of a :func:`compare_ensembles` report."""
     lines = [f"one-shot segmentation ({report['embedding_type']}): {report['num_episodes']} episodes, "
              f"{report['num_categories']} categories, up to {report['num_examples']} examples",
-             f"{'setting':34s} {'mIoU':>8s} {'category mIoU':>14s}"]
+             f"{'setting':34s} {'mIoU':>8s} {'category mIoU':>14s} {'FSS mIoU':>9s}"]
     for key, _, _ in COMPARISON:
         r = report["results"][key]
-        lines.append(f"{setting_label(key, r['examples']):34s} {r['mIoU']:8.4f} {r['category_mIoU']:14.4f}")
+        lines.append(f"{setting_label(key, r['examples']):34s} {r['mIoU']:8.4f} {r['category_mIoU']:14.4f} "
+                     f"{r['fss_mIoU']:9.4f}")
     verdict = "beats" if report["feature_beats_one"] else "does NOT beat"
     lines.append(f"feature ensemble {verdict} 1 example: {report['feature_gain']:+.4f} mIoU")
     return "\n".join(lines)

@@ -150,14 +150,18 @@ def load_masks(dataset: Any, index: int) -> Tuple[np.ndarray, Optional[List[str]
 
 
 def mask_categories(
-    names: Optional[Sequence[str]], parents: Optional[Sequence[int]], areas: np.ndarray, config: PairConfig
+    names: Optional[Sequence[str]], parents: Optional[Sequence[int]], areas: np.ndarray, config: PairConfig,
+    pixels: Optional[int] = None,
 ) -> Dict[str, List[int]]:
-    """Category name → indices of its masks in one scene (only masks usable for semantic pairs)."""
+    """Category name → indices of its masks in one scene (only masks usable for semantic pairs: non-empty,
+    at least ``min_mask_area`` pixels and, given the scene's ``pixels``, at most ``max_mask_area`` of it)."""
     out: Dict[str, List[int]] = {}
     if names is None:
         return out
     for k, name in enumerate(names):
-        if name in config.ignore_categories or areas[k] < config.min_mask_area:
+        if name in config.ignore_categories or areas[k] < max(1, config.min_mask_area):
+            continue
+        if pixels is not None and areas[k] > config.max_mask_area * pixels:
             continue
         part = name.startswith("part of ") or (parents is not None and parents[k] != -1)
         if part and not config.semantic_parts:
@@ -217,7 +221,7 @@ class SceneIndex:
         scenes: Dict[str, List[int]] = {}
         for i in range(len(dataset)):
             names, parents, areas, pixels = scene_summary(dataset, i)
-            cats = tuple(sorted(mask_categories(names, parents, areas, config)))
+            cats = tuple(sorted(mask_categories(names, parents, areas, config, pixels)))
             categories.append(cats)
             has_instances[i] = len(usable_instances(areas, pixels, config)) > 0
             for c in cats:
@@ -412,11 +416,12 @@ class PairDataset:
         masks = (masks.cpu().numpy() if hasattr(masks, "cpu") else np.asarray(masks)).astype(bool)
         masks = masks.reshape(-1, *image.shape[:2])
         areas = mask_areas(masks)
+        pixels = image.shape[0] * image.shape[1]
         return {
             "image": image,
             "masks": masks,
-            "categories": mask_categories(item.get("names"), item.get("parents"), areas, self.config),
-            "instances": usable_instances(areas, image.shape[0] * image.shape[1], self.config),
+            "categories": mask_categories(item.get("names"), item.get("parents"), areas, self.config, pixels),
+            "instances": usable_instances(areas, pixels, self.config),
         }
 
     def _scene_with(self, category: str, rng: np.random.Generator, exclude: int = -1) -> int:
