@@ -12,7 +12,14 @@ import types
 import typing
 from typing import Any, Mapping, TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
+
+
+def is_integer(value: Any) -> bool:
+    """A whole-number option or argument: a Python or numpy integer, not a bool (``True`` is no count)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def check_unknown_keys(cls: type, data: Mapping[str, Any], where: str) -> None:

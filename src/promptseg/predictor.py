@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from promptseg.config_utils import is_integer
 from promptseg.models.sam.mask_decoder import ImageKeys
 from promptseg.models.sam.sam import Sam
 from promptseg.prompts import as_array, check_boxes, check_points
@@ -335,7 +336,7 @@ class SamPredictor:
     def _require_image(self, image_index: int = 0) -> None:
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
-        if isinstance(image_index, (bool, np.bool_)) or not isinstance(image_index, (int, np.integer)):
+        if not is_integer(image_index):
             raise TypeError(f"image_index must be an int, got {image_index!r}")
         if not 0 <= image_index < len(self.original_sizes):
             raise ValueError(f"image_index must be in [0, {len(self.original_sizes)}), got {image_index}")

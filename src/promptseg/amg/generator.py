@@ -60,6 +60,7 @@ from promptseg.amg.helpers import (
     uncrop_boxes_xyxy,
     uncrop_points,
 )
+from promptseg.config_utils import is_integer
 from promptseg.predictor import SamPredictor
 from promptseg.transforms import to_rgb_uint8
 
@@ -207,11 +208,6 @@ class _PointDecoder:
         return torch.cat(lows), torch.cat(ious)
 
 
-def _is_int(value: Any) -> bool:
-    """An integer option: a Python or numpy integer (as the reference accepts), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _upsampled(low: Tensor, geometry: LowResGeometry, thresholds: Sequence[np.float32]) -> Iterator[Tuple[List[int], np.ndarray]]:
     """For each of ``M×h×w`` low-res logits: pixel counts above each threshold at full resolution and
     the full-resolution mask above the last one (``H×W`` bool).
@@ -302,11 +298,11 @@ class SamAutomaticMaskGenerator:
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("exactly one of points_per_side or point_grids must be given")
-        if not _is_int(crop_n_layers) or crop_n_layers < 0:
+        if not is_integer(crop_n_layers) or crop_n_layers < 0:
             raise ValueError(f"crop_n_layers must be an integer ≥ 0, got {crop_n_layers!r}")
         crop_n_layers = int(crop_n_layers)
         if points_per_side is not None:
-            if not _is_int(points_per_side) or points_per_side < 1:
+            if not is_integer(points_per_side) or points_per_side < 1:
                 raise ValueError(f"points_per_side must be a positive integer, got {points_per_side!r}")
             if crop_n_points_downscale_factor < 1:
                 raise ValueError(f"crop_n_points_downscale_factor must be ≥ 1, got {crop_n_points_downscale_factor!r}")
@@ -343,9 +339,9 @@ class SamAutomaticMaskGenerator:
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
             if not low <= value <= high:
                 raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
-        if not _is_int(points_per_batch) or points_per_batch < 1:
+        if not is_integer(points_per_batch) or points_per_batch < 1:
             raise ValueError(f"points_per_batch must be a positive integer, got {points_per_batch!r}")
-        if max_masks is not None and (not _is_int(max_masks) or max_masks < 1):
+        if max_masks is not None and (not is_integer(max_masks) or max_masks < 1):
             raise ValueError(f"max_masks must be a positive integer or None, got {max_masks!r}")
 
         self.predictor = SamPredictor(model)

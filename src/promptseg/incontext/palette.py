@@ -26,6 +26,8 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
+from promptseg.config_utils import is_integer
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: The background colour (label 0).
@@ -106,7 +108,7 @@ def random_palette(
 
 
 def _check_count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if not is_integer(value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 0:
         raise ValueError(f"{name} must be ≥ 0, got {value}")
