@@ -49,10 +49,19 @@ def next_click(pred: np.ndarray, gt: np.ndarray) -> Tuple[float, float, int] | N
     return None if best is None else best[1:]
 
 
+def mask_overlap(a: np.ndarray, b: np.ndarray) -> Tuple[int, int]:
+    """``(intersection, union)`` pixel counts of two bool masks."""
+    return int(np.logical_and(a, b).sum()), int(np.logical_or(a, b).sum())
+
+
+def overlap_iou(intersection: int, union: int) -> float:
+    """IoU from pixel counts (1.0 when the union is empty): of one pair, or of counts summed over many."""
+    return 1.0 if union == 0 else intersection / union
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two bool masks (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+    return overlap_iou(*mask_overlap(a, b))
 
 
 def mask_box(mask: np.ndarray) -> np.ndarray:

@@ -33,7 +33,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from promptseg.eval.protocols import mask_iou  # one IoU for SAM and SegGPT evaluation
+from promptseg.eval.protocols import mask_iou  # noqa: F401 - re-exported, as before
+from promptseg.eval.protocols import mask_overlap, overlap_iou  # one IoU for SAM and SegGPT evaluation
 
 #: Settings of :func:`compare_ensembles`, in report order: key → (ensemble, use all ``k`` examples).
 COMPARISON = (("one", "none", False), ("feature", "feature", True), ("spatial", "spatial", True))
@@ -181,26 +182,30 @@ def _foreground(result: Any) -> np.ndarray:
     return np.asarray(result.labels) > 0
 
 
-def _summary(ious: Sequence[float], areas: Sequence[Tuple[int, int]], categories: Sequence[str]) -> Dict[str, Any]:
+def _summary(overlaps: Sequence[Tuple[int, int]], categories: Sequence[str]) -> Dict[str, Any]:
+    """The summary of one setting from its episodes' ``(intersection, union)`` counts, with ``"ious"``."""
+    ious = [overlap_iou(i, u) for i, u in overlaps]
     per_category: Dict[str, List[float]] = {}
-    totals: Dict[str, np.ndarray] = {}
-    for c, v, area in zip(categories, ious, areas):
+    totals: Dict[str, Tuple[int, int]] = {}
+    for c, v, (i, u) in zip(categories, ious, overlaps):
         per_category.setdefault(c, []).append(v)
-        totals[c] = totals.get(c, np.zeros(2, np.int64)) + area  # FSS: intersection, union summed per category
+        ti, tu = totals.get(c, (0, 0))
+        totals[c] = (ti + i, tu + u)  # FSS: intersection and union summed per category
     means = {c: float(np.mean(v)) for c, v in sorted(per_category.items())}
-    fss = [1.0 if u == 0 else float(i / u) for i, u in totals.values()]
+    fss = [overlap_iou(i, u) for i, u in totals.values()]
     return {
         "episodes": len(ious),
         "mIoU": float(np.mean(ious)) if len(ious) else float("nan"),
         "category_mIoU": float(np.mean(list(means.values()))) if means else float("nan"),
         "fss_mIoU": float(np.mean(fss)) if fss else float("nan"),
         "per_category": means,
+        "ious": ious,
     }
 
 
 def _run_settings(predictor: Any, episodes: OneShotEpisodes, settings: Sequence[Tuple[str, str, int]],
-                  embedding_type: str, progress: bool) -> Tuple[Dict[str, List[float]], Dict[str, List[Any]]]:
-    """IoU and ``(intersection, union)`` pixel counts of every episode under every ``(key, ensemble, examples)``
+                  embedding_type: str, progress: bool) -> Dict[str, List[Tuple[int, int]]]:
+    """``(intersection, union)`` pixel counts of every episode under every ``(key, ensemble, examples)``
     setting; each episode is read once."""
     from tqdm import tqdm
 
@@ -209,18 +214,14 @@ def _run_settings(predictor: Any, episodes: OneShotEpisodes, settings: Sequence[
             raise ValueError(f"{key}: {count} example(s) asked but the episodes have {episodes.num_examples}")
         if ensemble == "none" and count != 1:
             raise ValueError(f"{key}: ensemble 'none' takes one example, not {count}")
-    ious: Dict[str, List[float]] = {key: [] for key, _, _ in settings}
-    areas: Dict[str, List[Tuple[int, int]]] = {key: [] for key, _, _ in settings}
+    overlaps: Dict[str, List[Tuple[int, int]]] = {key: [] for key, _, _ in settings}
     for i in tqdm(range(len(episodes)), desc="one-shot", unit="episode", disable=not progress, file=sys.stderr):
         data = episodes.load(i)
         for key, ensemble, count in settings:
             result = predictor.predict(data.target_image, data.examples[:count], ensemble=ensemble,
                                        embedding_type=embedding_type)
-            pred = _foreground(result)
-            ious[key].append(mask_iou(pred, data.target_mask))
-            areas[key].append((int(np.count_nonzero(pred & data.target_mask)),
-                               int(np.count_nonzero(pred | data.target_mask))))
-    return ious, areas
+            overlaps[key].append(mask_overlap(_foreground(result), data.target_mask))
+    return overlaps
 
 
 def evaluate_oneshot(
@@ -242,9 +243,9 @@ def evaluate_oneshot(
     {category: mean IoU}, "ious" (per episode, in order)}``.
     """
     count = 1 if ensemble == "none" else episodes.num_examples if num_examples is None else int(num_examples)
-    ious, areas = _run_settings(predictor, episodes, [(ensemble, ensemble, count)], embedding_type, progress)
-    summary = _summary(ious[ensemble], areas[ensemble], [e.category for e in episodes])
-    return {"ensemble": ensemble, "examples": count, **summary, "ious": ious[ensemble]}
+    overlaps = _run_settings(predictor, episodes, [(ensemble, ensemble, count)], embedding_type, progress)
+    summary = _summary(overlaps[ensemble], [e.category for e in episodes])
+    return {"ensemble": ensemble, "examples": count, **summary}
 
 
 def compare_ensembles(
@@ -264,10 +265,11 @@ def compare_ensembles(
     """
     k = episodes.num_examples
     settings = [(key, ensemble, k if all_examples else 1) for key, ensemble, all_examples in COMPARISON]
-    ious, areas = _run_settings(predictor, episodes, settings, embedding_type, progress)
+    overlaps = _run_settings(predictor, episodes, settings, embedding_type, progress)
     categories = [e.category for e in episodes]
-    results = {key: {"ensemble": ensemble, "examples": count, **_summary(ious[key], areas[key], categories)}
+    results = {key: {"ensemble": ensemble, "examples": count, **_summary(overlaps[key], categories)}
                for key, ensemble, count in settings}
+    ious = {key: result.pop("ious") for key, result in results.items()}
     gain = results["feature"]["mIoU"] - results["one"]["mIoU"]
     records = [
         {"category": e.category, "target": episodes.scene_name(e.target),
