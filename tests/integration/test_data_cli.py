@@ -152,3 +152,17 @@ def test_register_into_a_parent_parser():
 def test_module_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "promptseg.data.cli", "synth", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--categories-file" in proc.stdout
+
+
+def test_stats_empty_mask_has_no_centre():
+    """An empty mask (an all-zero PNG of a folder dataset, a COCO polygon that rasterises to nothing) was
+    counted as a mask centred at (0, 0): a false hot spot in the top-left corner of the heat map."""
+    from promptseg.data.stats import compute_stats, summarize
+
+    masks = np.zeros((2, 40, 60), bool)
+    masks[1, 30:38, 50:58] = True
+    stats = compute_stats([{"image": np.zeros((40, 60, 3), np.uint8), "masks": masks, "names": None, "parents": None}])
+    np.testing.assert_allclose(stats["centers"], [[0.9, 0.85]])
+    summary = summarize(stats)
+    assert summary["masks"] == 2 and summary["center_heatmap_8x8"][0][0] == 0 and summary["center_heatmap_8x8"][6][7] == 1
+    np.testing.assert_allclose(stats["relative_size"], [0.0, np.sqrt(64 / 2400)])

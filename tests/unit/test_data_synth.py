@@ -227,3 +227,40 @@ def test_synth_dataset_index_out_of_range():
     ds = build_dataset("synth", {"num_images": 1, "size": 64})
     with pytest.raises(IndexError):
         ds[1]
+
+
+def test_config_rejects_options_that_would_fail_or_mislabel_later():
+    """Bad knobs are named when the config is validated, not at the first scene (or never: an unknown kind was
+    drawn as a stroke and labelled with the unknown name)."""
+    for bad, message in (({"kind_weights": {"circle": 1.0}}, "kind_weights"), ({"kind_weights": {"blob": -1.0}}, "kind_weights"),
+                         ({"emoji": False, "kind_weights": {"emoji": 1.0}}, "kind_weights"),
+                         ({"crowd_count": (10, 5)}, "crowd_count"), ({"jpeg_quality": (95, 75)}, "jpeg_quality"),
+                         ({"jpeg_quality": (0, 90)}, "jpeg_quality"), ({"crowd_prob": 1.5}, "crowd_prob"),
+                         ({"crowd_scale": (0.0, 0.0)}, "crowd_scale"), ({"num_buckets": 0}, "num_buckets"),
+                         ({"heldout_buckets": (12,)}, "heldout_buckets")):
+        with pytest.raises(ValueError, match=message):
+            replace(SHAPES, **bad).validate()
+    SynthConfig().validate()
+    replace(SHAPES, kind_weights={"emoji": 1.0, "blob": 0.5}).validate()
+
+
+def test_photo_smaller_than_a_crop_is_used_whole():
+    """A photo under 8 px on a side (e.g. from --photos) made the crop larger than the photo: 'high <= 0'."""
+    tiny = np.random.default_rng(0).integers(0, 255, (6, 40, 3), dtype=np.uint8)
+    for seed in range(5):
+        crop = synth._photo_crop(32, 48, np.random.default_rng(seed), [tiny], (0.35, 1.0))
+        assert crop.shape == (32, 48, 3) and crop.dtype == np.float32
+
+
+def test_generate_dataset_leaves_the_callers_opencv_threads(tmp_path):
+    """In-process generation set OpenCV to one thread for the rest of the caller's process and kept the
+    photos referenced in a module global."""
+    cv2 = pytest.importorskip("cv2")
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        generate_dataset(tmp_path, 1, config=SHAPES)
+        assert cv2.getNumThreads() == 3
+        assert not synth._WORKER
+    finally:
+        cv2.setNumThreads(before)

@@ -1,10 +1,10 @@
 """Dataset statistics in the style of the paper's §5 (Figs. 5 and 6).
 
-For every mask: its centre (mean pixel position, normalised to [0, 1] by the image width and height), its
-relative size ``sqrt(mask area / image area)`` and its concavity ``1 − mask area / convex hull area`` (the
-hull of all the mask's contour points, rasterised, so both areas are pixel counts; OpenCV). Per image: the
-number of masks. :func:`write_report` draws the four figures with matplotlib (imported on use) and writes
-a JSON summary.
+For every mask: its centre (mean pixel position, normalised to [0, 1] by the image width and height; an
+empty mask has none and is left out of the centre statistics), its relative size ``sqrt(mask area /
+image area)`` and its concavity ``1 − mask area / convex hull area`` (the hull of all the mask's contour
+points, rasterised, so both areas are pixel counts; OpenCV). Per image: the number of masks.
+:func:`write_report` draws the four figures with matplotlib (imported on use) and writes a JSON summary.
 """
 
 from __future__ import annotations
@@ -43,12 +43,13 @@ def concavity(mask: np.ndarray) -> float:
 
 
 def mask_properties(masks: np.ndarray) -> Dict[str, np.ndarray]:
-    """``{"centers": K×2 (x, y) in [0, 1], "relative_size": K, "concavity": K}`` for K×H×W bool masks."""
+    """``{"centers": K×2 (x, y) in [0, 1], "relative_size": K, "concavity": K}`` for K×H×W bool masks (an
+    empty mask has no centre: NaN)."""
     k = len(masks)
     if k == 0:
         return {"centers": np.zeros((0, 2)), "relative_size": np.zeros(0), "concavity": np.zeros(0)}
     h, w = masks.shape[1:]
-    centers, sizes, conc = np.zeros((k, 2)), np.zeros(k), np.zeros(k)
+    centers, sizes, conc = np.full((k, 2), np.nan), np.zeros(k), np.zeros(k)
     for i, m in enumerate(masks):
         ys, xs = np.nonzero(m)
         if ys.size:
@@ -77,7 +78,7 @@ def compute_stats(dataset: Any, max_images: Optional[int] = None, progress: bool
             item = dataset[i]
             masks, item_names, parents = item["masks"], item.get("names"), item.get("parents")
         props = mask_properties(masks)
-        centers.append(props["centers"])
+        centers.append(props["centers"][~np.isnan(props["centers"][:, 0])])  # empty masks have no centre
         sizes.append(props["relative_size"])
         conc.append(props["concavity"])
         counts.append(len(masks))

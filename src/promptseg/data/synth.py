@@ -315,7 +315,7 @@ class SynthConfig:
     crowd_scale: Tuple[float, float] = (0.035, 0.08)
     #: Objects (and parts) with a smaller visible fraction than ``1 - max_occlusion`` are dropped.
     max_occlusion: float = 0.7
-    #: Minimum mask size in pixels; 0 → ``size² / 4000`` (65 px at 512) and half that for parts.
+    #: Minimum mask size in pixels; 0 → ``size² / 4000`` (rounded: 66 px at 512) and half that for parts.
     min_area: int = 0
     parts: bool = True
     shadow_prob: float = 0.6
@@ -347,6 +347,24 @@ class SynthConfig:
         lo, hi = self.object_scale
         if not 0 < lo <= hi:
             raise ValueError(f"object_scale must be (low, high) with 0 < low ≤ high, got {self.object_scale}")
+        kinds = {"emoji", "polygon", "blob", "stroke"}
+        if set(self.kind_weights) - kinds or not all(w >= 0 for w in self.kind_weights.values()):
+            raise ValueError(f"kind_weights must map {sorted(kinds)} to weights ≥ 0, got {self.kind_weights}")
+        if not sum(w for k, w in self.kind_weights.items() if self.emoji or k != "emoji") > 0:
+            raise ValueError(f"kind_weights give every object kind weight 0 (emoji={self.emoji}): {self.kind_weights}")
+        for name in ("crowd_prob", "shadow_prob", "photo_prob", "camouflage_prob", "blur_prob", "noise_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        for name, low, high in (("crowd_count", 0, math.inf), ("jpeg_quality", 1, 100)):
+            a, b = getattr(self, name)
+            if not low <= a <= b <= high:
+                bound = "" if high == math.inf else f" ≤ {high}"
+                raise ValueError(f"{name} must be (low, high) with {low} ≤ low ≤ high{bound}, got {getattr(self, name)}")
+        if not 0 < self.crowd_scale[0] <= self.crowd_scale[1]:
+            raise ValueError(f"crowd_scale must be (low, high) with 0 < low ≤ high, got {self.crowd_scale}")
+        if self.num_buckets < 1 or any(not 0 <= b < self.num_buckets for b in self.heldout_buckets):
+            raise ValueError(f"need num_buckets ≥ 1 and heldout_buckets in [0, num_buckets), got {self.num_buckets}, "
+                             f"{self.heldout_buckets}")
 
     @property
     def mask_min_area(self) -> int:
@@ -449,8 +467,8 @@ def _photo_crop(h: int, w: int, rng: np.random.Generator, photos: List[np.ndarra
     ph, pw = photo.shape[:2]
     side = rng.uniform(*frac) * min(ph, pw)
     aspect = w / h * math.exp(rng.uniform(-0.2, 0.2))
-    ch = int(max(8, min(ph, side / math.sqrt(aspect))))
-    cw = int(max(8, min(pw, side * math.sqrt(aspect))))
+    ch = int(min(ph, max(8, side / math.sqrt(aspect))))  # a photo under 8 px: all of it
+    cw = int(min(pw, max(8, side * math.sqrt(aspect))))
     y0, x0 = int(rng.integers(0, ph - ch + 1)), int(rng.integers(0, pw - cw + 1))
     crop = photo[y0 : y0 + ch, x0 : x0 + cw]
     if rng.random() < 0.5:
@@ -968,11 +986,18 @@ def generate_dataset(
     total_masks = 0
     bar = tqdm(total=num, desc="synth", unit="img", disable=not progress, dynamic_ncols=True)
     try:
-        if workers <= 1 or num <= 1:
+        if workers <= 1 or num <= 1:  # in the caller's process: leave its OpenCV threads and memory as they were
+            import cv2
+
+            threads = cv2.getNumThreads()
             _worker_init(config, res)
-            for t in tasks:
-                total_masks += _worker_run(t)[1]
-                bar.update(1)
+            try:
+                for t in tasks:
+                    total_masks += _worker_run(t)[1]
+                    bar.update(1)
+            finally:
+                cv2.setNumThreads(threads)
+                _WORKER.clear()
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
