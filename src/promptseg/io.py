@@ -76,7 +76,10 @@ def read_image(path: PathLike) -> np.ndarray:
         raise FileNotFoundError(f"image file not found: {path}")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory, not an image file")
-    return _decode_image(path, str(path))
+    # A file object, not the path: Pillow memory-maps an uncompressed one-strip grey/palette TIFF opened by
+    # name with the displayed (swapped) size of an orientation 5–8 image, scrambling its pixels.
+    with open(path, "rb") as f:
+        return _decode_image(f, str(path))
 
 
 def decode_image(data: bytes, name: str = "in memory") -> np.ndarray:
@@ -99,6 +102,8 @@ def _decode_image(source: Any, name: str) -> np.ndarray:
             array = _pil_to_array(im)
     except UnidentifiedImageError as err:
         raise ValueError(f"cannot read image {name}: not a recognised image format") from err
+    except Image.DecompressionBombError as err:  # not an OSError: more pixels than PIL.Image.MAX_IMAGE_PIXELS allows
+        raise ValueError(f"cannot read image {name}: {err} (raise PIL.Image.MAX_IMAGE_PIXELS to read it)") from err
     except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt files
         if isinstance(err, (FileNotFoundError, PermissionError)):
             raise

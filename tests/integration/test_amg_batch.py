@@ -275,6 +275,52 @@ def test_rerun_with_other_settings_leaves_no_stale_format(tmp_path):
     assert run_batch([tmp_path / "in"], out, lambda: _Squares(1), settings={"v": 2}, progress=False).skipped == 1
 
 
+class _OutOfMemory:
+    def generate(self, image):
+        raise RuntimeError("out of memory")
+
+
+def test_a_failed_or_interrupted_rewrite_leaves_no_stale_format(tmp_path, monkeypatch):
+    """An image whose rewrite failed after its old marker was deleted, or whose first run died after some of its
+    files, still has those files: the next run (other settings, fewer formats) rewrites them all too."""
+    from PIL import Image
+
+    from promptseg.amg import batch
+    from promptseg.amg.outputs import read_label_map
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.full((10, 12, 3), 7, np.uint8)).save(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+
+    def counts():
+        def read(name):
+            return json.loads((out / name).read_text())
+
+        return (len(read("a.json")["annotations"]), int(read_label_map(out / "a.labels.png").max()),
+                len(read("a.geojson")["features"]), len(read("a.coco.json")))
+
+    assert run_batch([tmp_path / "in"], out, lambda: _Squares(3), settings={"v": 1}, progress=False).done == 1
+    assert run_batch([tmp_path / "in"], out, _OutOfMemory, ["sa1b"], settings={"v": 2}, progress=False).failed == 1
+    assert run_batch([tmp_path / "in"], out, lambda: _Squares(1), ["sa1b"], settings={"v": 2}, progress=False).done == 1
+    assert counts() == (1, 1, 1, 1)
+    assert not list((out / STATE_DIR / "pending").rglob("*.json"))
+
+    # A first run that dies after writing two of the five files (here: the disk fills up).
+    write_formats = batch.write_formats
+
+    def two_then_full(records, image, paths, **kwargs):
+        write_formats(records, image, {f: paths[f] for f in ("sa1b", "coco")}, **kwargs)
+        raise OSError("No space left on device")
+
+    out = tmp_path / "out2"
+    monkeypatch.setattr(batch, "write_formats", two_then_full)
+    assert run_batch([tmp_path / "in"], out, lambda: _Squares(3), settings={"v": 1}, progress=False).failed == 1
+    monkeypatch.setattr(batch, "write_formats", write_formats)
+    assert run_batch([tmp_path / "in"], out, lambda: _Squares(2), ["png"], settings={"v": 2}, progress=False).done == 1
+    assert len(json.loads((out / "a.json").read_text())["annotations"]) == 2
+    assert len(json.loads((out / "a.coco.json").read_text())) == 2
+
+
 def test_cli_usage_errors(tmp_path, capsys, helpers, checkpoint):
     from promptseg import hub
     from promptseg.amg.cli import main

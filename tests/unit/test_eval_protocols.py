@@ -45,6 +45,17 @@ def test_next_click_labels_and_location():
     assert label == 0 and pred[int(y), int(x)] and not gt[int(y), int(x)]
 
 
+def test_center_point_and_next_click_read_any_nonzero_value_as_foreground():
+    """As mask_iou does: a float, 0/255 or label-valued mask is its nonzero pixels (a uint8 cast sent the
+    first click to (0, 0) outside the mask, and a bitwise ``gt & ~pred`` missed a mask of 2s entirely)."""
+    gt = rect()
+    for other in (gt * 0.9, gt.astype(np.uint16) * 256, gt.astype(np.uint8) * 2):
+        assert center_point(other) == center_point(gt)
+        assert next_click(np.zeros_like(gt), other) == next_click(np.zeros_like(gt), gt)
+        assert next_click(other, np.zeros_like(gt)) == next_click(gt, np.zeros_like(gt))
+    assert next_click(gt.astype(np.uint8) * 255, gt) is None
+
+
 def test_mask_iou_and_box():
     a, b = rect(x0=20, x1=40), rect(x0=30, x1=50)
     assert mask_iou(a, b) == pytest.approx(10 / 30)
@@ -60,6 +71,8 @@ def test_box_fill_is_the_filled_inclusive_box():
     assert filled.all() and mask_iou(filled, disk) == pytest.approx(disk.sum() / disk.size)
     clipped = box_fill(np.array([-3.0, -2.0, 4.0, 1.0]), (5, 6))  # clipped to the image
     assert clipped.sum() == 2 * 5 and clipped[:2, :5].all()
+    for outside in ([-5, -5, -2, -2], [-9, 0, -3, 4], [0, -4, 5, -2]):  # wholly left of / above the image
+        assert not box_fill(np.array(outside, float), (5, 6)).any()
 
 
 def test_grid_reference_is_the_mask_drawn_at_a_grid_and_brought_back():
@@ -106,6 +119,14 @@ def test_perfect_predictor_needs_one_click():
     assert len(rec["clicks_iou"]) == 20
     assert "token_grid" not in rec  # a predictor without a SAM behind it has no token grid
     assert rec["box_area_ratio"] == 1.0 and summarize([rec])["box/area_ratio_median"] == 1.0
+
+
+def test_evaluate_mask_reads_a_0_255_mask_as_binary():
+    gt = rect()
+    image = np.zeros((*gt.shape, 3), np.uint8)
+    config = EvalConfig(grabcut=False, max_clicks=3)
+    assert evaluate_mask(OraclePredictor(gt), image, gt.astype(np.uint8) * 255, config) == evaluate_mask(
+        OraclePredictor(gt), image, gt, config)  # box_area_ratio was divided by 255
 
 
 def test_grabcut_finds_a_contrasting_object():
@@ -159,6 +180,16 @@ def test_evaluate_skips_empty_masks_even_without_an_area_floor():
     summary, records = evaluate(OraclePredictor(big), items, EvalConfig(grabcut=False, max_clicks=2, min_area=0),
                                 progress=False)
     assert summary["masks"] == 1 and records[0]["mask_index"] == 0
+
+
+def test_evaluate_skips_items_without_masks():
+    """The sample format allows K = 0 masks (an image without annotations): skipped, not a reshape error."""
+    big = rect()
+    image = np.zeros((*big.shape, 3), np.uint8)
+    items = [{"image": image, "masks": np.zeros((0, *big.shape), bool), "image_id": "empty"},
+             {"image": image, "masks": big[None], "image_id": "one"}]
+    summary, records = evaluate(OraclePredictor(big), items, EvalConfig(grabcut=False, max_clicks=2), progress=False)
+    assert summary["masks"] == 1 and records[0]["image_id"] == "one"
 
 
 def test_evaluate_with_a_real_model(tiny_sam):

@@ -150,6 +150,23 @@ def test_read_image_rgb_jpeg_and_exif_orientation(tmp_path):
     assert out[:30, :, 0].mean() > 200 and out[30:, :, 0].mean() < 50  # red half moved to the top
 
 
+@pytest.mark.parametrize("mode", ["L", "I;16", "P", "RGB"])
+def test_read_image_applies_a_tiff_orientation_to_every_mode(tmp_path, mode):
+    """An uncompressed grey/palette TIFF rotated by its Orientation tag: Pillow (≥ 12, which rotates TIFFs
+    itself) memory-maps such a file opened by name with the rotated size and scrambled its pixels."""
+    values = np.arange(6 * 8, dtype=np.uint8).reshape(6, 8) * 5
+    arrays = {"L": values, "I;16": values.astype(np.uint16) * 257, "P": values, "RGB": np.dstack([values] * 3)}
+    im = Image.fromarray(arrays[mode])
+    im = im.convert("P") if mode == "P" else im
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    im.save(tmp_path / "rotated.tif", exif=exif)
+    shown = np.asarray(im.convert("RGB")) if mode == "P" else np.dstack([values] * 3)  # 16-bit: × 255/65535
+    expected = np.rot90(shown, -1)
+    np.testing.assert_array_equal(io.read_image(tmp_path / "rotated.tif"), expected)
+    np.testing.assert_array_equal(io.decode_image((tmp_path / "rotated.tif").read_bytes()), expected)
+
+
 def test_read_image_grayscale_rgba_palette_and_16bit(tmp_path):
     gray = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
     Image.fromarray(gray).save(tmp_path / "gray.png")
@@ -190,6 +207,16 @@ def test_read_image_errors_name_the_file(tmp_path):
         io.read_image(truncated)
     with pytest.raises(IsADirectoryError, match="directory"):
         io.read_image(tmp_path)
+
+
+def test_read_image_over_the_pixel_limit_is_a_value_error_naming_the_file(tmp_path, monkeypatch):
+    """Pillow's DecompressionBombError (more than twice ``MAX_IMAGE_PIXELS``) is no OSError/ValueError."""
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    with pytest.raises(ValueError, match="cannot read image .*big.png: Image size .*MAX_IMAGE_PIXELS"):
+        io.read_image(tmp_path / "big.png")
+    with pytest.raises(ValueError, match="cannot read image upload: Image size"):
+        io.decode_image((tmp_path / "big.png").read_bytes(), name="upload")
 
 
 # --------------------------------------------------------------------------------------------- atomic writes

@@ -145,6 +145,30 @@ def test_bfloat16_sam_forward_returns_float32(tiny_sam, image, predictor):
     assert (out["iou_predictions"] - expected["iou_predictions"]).abs().max() <= 0.02
 
 
+def test_sam_forward_records_no_autograd_graph(tiny_sam, image, predictor):
+    """``Sam.forward`` is inference, as the reference's (``@torch.no_grad``): its outputs need no ``detach``
+    and no activations are kept for a backward pass."""
+    record = {
+        "image": torch.as_tensor(predictor.transform.apply_image(image)).permute(2, 0, 1).float(),
+        "original_size": image.shape[:2],
+        "boxes": torch.as_tensor(predictor.transform.apply_boxes(np.array([[10, 10, 90, 70]]), image.shape[:2])),
+    }
+    with torch.enable_grad():
+        (out,) = tiny_sam([record], multimask_output=False)
+    assert not any(value.requires_grad for value in out.values())
+    assert out["iou_predictions"].numpy().shape == (1, 1)
+
+
+def test_sam_forward_rejects_an_image_larger_than_img_size(tiny_sam):
+    """An image not resized to the model's input would be cropped by the padding (the reference) or fail
+    deep in the mask upsampling: a ValueError naming the size instead."""
+    size = tiny_sam.img_size
+    for shape in ((3, size + 72, size - 28), (3, size, size + 1)):
+        record = {"image": torch.zeros(shape), "original_size": shape[1:], "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]])}
+        with pytest.raises(ValueError, match=f"img_size {size}"):
+            tiny_sam([record], multimask_output=False)
+
+
 # ---------------------------------------------------------------------------------------------------
 # predict_many == B × predict (and == the reference, one prompt at a time)
 

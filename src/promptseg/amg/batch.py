@@ -8,7 +8,7 @@ Layout of an output folder ``OUT`` for inputs under a common root ``ROOT``::
     OUT/<key>.geojson        polygons as GeoJSON             (format "geojson")
     OUT/<key>.overlay.png    all masks drawn on the image    (format "overlay")
     OUT/coco_results.json    every image's COCO results in one list (with "coco", rewritten at the end)
-    OUT/.promptseg-amg/      done/<key>.json completion markers, job.json, summary.json, lock
+    OUT/.promptseg-amg/      done/<key>.json completion markers, pending/<key>.json, job.json, summary.json, lock
 
 ``<key>`` is the image's path relative to ``ROOT`` (the deepest folder holding all inputs) without its
 extension, e.g. ``street/0001`` for ``ROOT/street/0001.jpg``; when two inputs would get the same key
@@ -17,7 +17,9 @@ extension, e.g. ``street/0001`` for ``ROOT/street/0001.jpg``; when two inputs wo
 never collide.
 
 Resume: every file is written atomically (temporary file + rename) and flushed to disk; the image's
-completion marker ``OUT/.promptseg-amg/done/<key>.json`` is written last. An image is skipped when its
+completion marker ``OUT/.promptseg-amg/done/<key>.json`` is written last. Before its files, ``pending/<key>.json``
+names them (with those its marker named), so that a run that fails or dies half-way leaves no file of the old
+masks behind: the next run rewrites them all, whatever formats it asks for. An image is skipped when its
 marker exists, names every requested format, its files exist, and it was made with the same settings
 (model, generator options, polygon options), the same image id and the same source file (size and mtime).
 So after ``kill -9`` at any moment no output file is half-written (a stray ``.NAME.XXXXXXXX.tmp`` may be
@@ -277,11 +279,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def read_marker(out_dir: PathLike, key: str) -> Optional[Dict[str, Any]]:
-    """The completion marker of ``key``, or None when missing or unreadable."""
+def pending_path(out_dir: PathLike, key: str) -> Path:
+    """The record of an image being (re)written: ``OUT/.promptseg-amg/pending/<key>.json``."""
+    return Path(out_dir) / STATE_DIR / "pending" / f"{key}.json"
+
+
+def read_marker(out_dir: PathLike, key: str, path: Optional[Path] = None) -> Optional[Dict[str, Any]]:
+    """The completion marker of ``key`` (or the JSON file ``path``), or None when missing or unreadable."""
     import json
 
-    path = marker_path(out_dir, key)
+    path = marker_path(out_dir, key) if path is None else path
     try:
         with open(path, "r", encoding="utf-8") as f:
             marker = json.load(f)
@@ -321,11 +328,18 @@ def process_image(task: ImageTask, generator: Any, spec: OutputSpec) -> Dict[str
     try:
         source = _source_stat(task.path)
         formats = set(spec.formats)
-        old = read_marker(spec.out_dir, task.key)
-        if old is not None:
-            # Rewrite the formats the image already had too — also when its settings or source changed, else
-            # those files would stay from the old run: all its files then come from one generator run.
-            formats |= set(old.get("files") or {}) & set(FORMATS)
+        pending = pending_path(spec.out_dir, task.key)
+        for old in (read_marker(spec.out_dir, task.key), read_marker(spec.out_dir, task.key, pending)):
+            if old is not None:
+                # Rewrite the formats the image already had too (its marker's, and those a failed or killed run
+                # had started to rewrite) — also when its settings or source changed, else those files would
+                # stay from the old run: all its files then come from one generator run.
+                formats |= set(old.get("files") or {}) & set(FORMATS)
+        paths = output_paths(spec.out_dir, task.key, [f for f in FORMATS if f in formats])
+        # Until the marker is written, the pending record names the files: a run that fails or dies half-way
+        # leaves it for the next one, whatever formats that one asks for.
+        files = {fmt: p.relative_to(spec.out_dir).as_posix() for fmt, p in paths.items()}
+        write_json({"key": task.key, "files": files}, pending, durable=spec.durable)
         marker = marker_path(spec.out_dir, task.key)
         if marker.exists():  # the old marker must not vouch for half-rewritten outputs
             marker.unlink()
@@ -337,7 +351,6 @@ def process_image(task: ImageTask, generator: Any, spec: OutputSpec) -> Dict[str
             geotransform, found_crs = read_georeference(task.path)
             crs = crs or found_crs
         records = generator.generate(image)
-        paths = output_paths(spec.out_dir, task.key, [f for f in FORMATS if f in formats])
         write_formats(
             records, image, paths,
             image_id=task.image_id, file_name=os.path.basename(task.path),
@@ -355,7 +368,7 @@ def process_image(task: ImageTask, generator: Any, spec: OutputSpec) -> Dict[str
             "source": source,
             "fingerprint": spec.fingerprint,
             "geojson_fingerprint": spec.geojson_fingerprint if "geojson" in paths else None,
-            "files": {fmt: p.relative_to(spec.out_dir).as_posix() for fmt, p in paths.items()},
+            "files": files,
             "masks": len(records),
             "seconds": round(seconds, 3),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -363,6 +376,7 @@ def process_image(task: ImageTask, generator: Any, spec: OutputSpec) -> Dict[str
         }, marker, durable=spec.durable)
         if spec.durable:
             _fsync_dir(marker.parent)
+        pending.unlink(missing_ok=True)
         result.update(status="done", masks=len(records))
     except Exception as err:  # noqa: BLE001 — one bad image must not stop the job
         text = " ".join(str(err).split()) or type(err).__name__

@@ -53,6 +53,7 @@ def evaluate_mask(
 ) -> Dict[str, Any]:
     """Evaluate one ground-truth mask on the image already set in ``predictor``; with ``grid``
     (``(img_size, tokens per side)``, :func:`token_grid`) the record also holds ``token_grid``."""
+    gt = np.asarray(gt, dtype=bool)  # a 0/255 mask would scale box_area_ratio and token_grid
     record: Dict[str, Any] = {}
     if grid is not None:
         record["token_grid"] = grid_reference(gt, *grid)
@@ -139,7 +140,7 @@ def evaluate(
     for item in items:
         image, gts = item["image"], np.asarray(item["masks"], dtype=bool)
         pixels = gts.shape[-2] * gts.shape[-1]
-        areas = gts.reshape(len(gts), -1).sum(axis=1)
+        areas = gts.reshape(len(gts), pixels).sum(axis=1)  # an item may have no masks (K = 0)
         least = max(config.min_area, config.min_area_fraction * pixels)
         keep = [k for k in range(len(gts)) if areas[k] > 0 and areas[k] >= least]  # an empty mask has no centre
         if not keep:

@@ -17,7 +17,7 @@ def _distance_transform(mask: np.ndarray) -> np.ndarray:
     """Euclidean distance of every foreground pixel to the nearest background pixel or image border."""
     import cv2
 
-    padded = np.pad(mask.astype(np.uint8), 1)
+    padded = np.pad((np.asarray(mask) != 0).astype(np.uint8), 1)  # any nonzero value is foreground
     return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
 
 
@@ -34,6 +34,7 @@ def center_point(mask: np.ndarray) -> Tuple[float, float]:
 
 def next_click(pred: np.ndarray, gt: np.ndarray) -> Tuple[float, float, int] | None:
     """The next simulated click ``(x, y, label)`` correcting ``pred`` towards ``gt``; None if they agree."""
+    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)  # 0/1, 0/255 or label-valued masks
     if pred.shape != gt.shape:
         raise ValueError(f"pred {pred.shape} and gt {gt.shape} must have the same shape")
     false_neg = gt & ~pred
@@ -75,7 +76,7 @@ def box_fill(box: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
     trivial box "segmenter", a floor any box-prompted model should beat."""
     x0, y0, x1, y1 = (int(round(float(v))) for v in box)
     out = np.zeros(shape, dtype=bool)
-    out[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
+    out[max(y0, 0) : max(y1 + 1, 0), max(x0, 0) : max(x1 + 1, 0)] = True  # a negative stop would wrap around
     return out
 
 

@@ -53,8 +53,9 @@ class Sam(nn.Module):
     def img_size(self) -> int:
         return self.image_encoder.img_size
 
+    @torch.no_grad()
     def forward(self, batched_input: List[Dict[str, Any]], multimask_output: bool) -> List[Dict[str, Tensor]]:
-        """The reference's end-to-end batched call.
+        """The reference's end-to-end batched call (inference: no autograd graph, as the reference's).
 
         Each input dict holds ``image`` (``3×H×W`` already resized so the long side is ``img_size``),
         ``original_size`` ``(H, W)`` and optionally ``point_coords`` ``B×N×2``, ``point_labels`` ``B×N``,
@@ -89,6 +90,11 @@ class Sam(nn.Module):
 
     def preprocess(self, x: Tensor) -> Tensor:
         """Normalise pixel values and pad to a square ``img_size`` input: ``…×3×h×w`` → ``…×3×S×S``."""
-        x = (x - self.pixel_mean) / self.pixel_std
         h, w = x.shape[-2:]
+        if h > self.img_size or w > self.img_size:
+            raise ValueError(
+                f"image must be resized so that its longest side is img_size {self.img_size} "
+                f"(ResizeLongestSide), got {h}×{w}"
+            )
+        x = (x - self.pixel_mean) / self.pixel_std
         return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
