@@ -225,6 +225,20 @@ def test_fused_focal_and_dice_equal_the_plain_functions(alpha, gamma):
         focal_and_dice(base, t[:, 0])
 
 
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
+def test_fused_loss_takes_a_non_contiguous_target(dtype):
+    """A transposed (same values, other strides) target gives the fused loss what the plain functions give."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 8, 10, generator=gen)
+    t = (torch.rand(2, 1, 10, 8, generator=gen) > 0.5).to(dtype).transpose(-1, -2)
+    focal, dice = focal_and_dice(x, t)
+    assert torch.allclose(focal, sigmoid_focal_loss(x, t), rtol=1e-5) and torch.allclose(dice, dice_loss(x, t), rtol=1e-5)
+    gt = t[:, 0] > 0
+    iou = torch.rand(2, 4, generator=gen)
+    logits = torch.randn(2, 4, 8, 10, generator=gen)
+    assert torch.allclose(SamLoss()(logits, iou, gt).loss, SamLoss(fused=False)(logits, iou, gt).loss, rtol=1e-5)
+
+
 @pytest.mark.parametrize("multimask", [True, False, "mixed"])
 @pytest.mark.parametrize("recompute", [False, True])
 def test_samloss_fused_equals_plain(multimask, recompute):

@@ -65,6 +65,26 @@ def test_mask_area_limits():
         make_config(min_mask_area=0.95)
 
 
+@pytest.mark.parametrize("shape", [(2, 50, 40), (1, 20, 100), (40, 50, 2)])
+def test_masks_that_do_not_match_the_image_are_refused(shape):
+    """K×H×W masks must have the image's H×W: masks of another size with the same pixel count (transposed,
+    another resolution) were silently reshaped into scrambled masks."""
+    import numpy as np
+
+    class One:
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return {"image": np.zeros((40, 50, 3), dtype=np.uint8), "masks": np.ones(shape, dtype=bool)}
+
+    with pytest.raises(ValueError, match="'masks' must be K×H×W"):
+        TrainSamples(One(), 64, 8, 1.0, 0)[(0, 0)]
+    single = type("Single", (One,), {"__getitem__": lambda self, i: {"image": np.zeros((40, 50, 3), np.uint8),
+                                                                     "masks": np.ones((40, 50), bool)}})
+    assert TrainSamples(single(), 64, 8, 1.0, 0)[(0, 0)]["masks"].shape == (1, 64, 64)  # one H×W mask still reads
+
+
 @pytest.mark.parametrize("multimask_box", [False, True])
 def test_rounds_prompts_and_multimask_choice(monkeypatch, multimask_box):
     torch.manual_seed(0)

@@ -99,7 +99,7 @@ def target_maps(
     """The maps :func:`focal_and_dice` needs of ``B×1×H×W`` bool ``targets`` (and ``valid``): computed once
     per target and reused by every candidate and every round of the simulated session."""
     b, _, h, w = targets.shape
-    t = targets.to(dtype)
+    t = targets.to(dtype).contiguous()  # the maps are viewed as B×HW below
     weight = torch.ones_like(t) if valid is None else valid.to(dtype).expand_as(t).contiguous()
     alpha_t = torch.ones_like(t) if alpha < 0 else t.mul(2 * alpha - 1).add_(1 - alpha)  # α on t = 1, 1 − α on 0
     sign = t.mul(2).sub_(1)

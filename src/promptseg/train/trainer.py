@@ -137,6 +137,9 @@ class TrainSamples:
             raise ValueError(f"dataset item {index}: 'image' must be H×W×3 uint8, got {image.shape} {image.dtype}")
         raw = sample["masks"]
         masks = (raw.cpu() if isinstance(raw, Tensor) else torch.from_numpy(np.asarray(raw))).to(torch.bool)
+        if masks.numel() and (masks.ndim not in (2, 3) or tuple(masks.shape[-2:]) != image.shape[:2]):
+            raise ValueError(f"dataset item {index}: 'masks' must be K×H×W with the image's H×W {image.shape[:2]}, "
+                             f"got {tuple(masks.shape)}")
         masks = masks.reshape(-1, *image.shape[:2])
         area = torch.count_nonzero(masks.flatten(1), dim=1)  # no float copy of the full-size masks
         pixels = masks.shape[1] * masks.shape[2]
