@@ -117,6 +117,9 @@ class SamPredictor:
 
     def reset_image(self) -> None:
         self.is_image_set = False
+        clear_cache = getattr(self.model.mask_decoder, "clear_cache", None)
+        if clear_cache is not None:  # weights written through ``param.data`` carry no version to notice
+            clear_cache()
         self._decoder_cache: Dict[int, ImageKeys] = {}
         self._dense_pe: Optional[Tensor] = None
         self._cached_weights: Optional[Tuple[int, ...]] = None
@@ -311,7 +314,9 @@ class SamPredictor:
         depend on was changed in place (an optimiser step, ``load_state_dict``) or its storage replaced
         (``.to``) since: the reference recomputes them on every call, so a fine-tuning loop that prompts the
         same image between steps must see the new weights. (The image embedding itself, as in the
-        reference, is the encoder's at ``set_image`` time; the tensors watched are listed once per image.)"""
+        reference, is the encoder's at ``set_image`` time; the tensors watched are listed once per image.)
+        Writes through ``param.data`` (older EMA code) change no version: they are seen from the next
+        ``set_image`` on, or after :meth:`reset_image`."""
         if self._watched is None:
             parts = (self.model.prompt_encoder, self.model.mask_decoder)
             self._watched = [t for part in parts for t in itertools.chain(part.parameters(), part.buffers())]

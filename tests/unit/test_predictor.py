@@ -632,3 +632,26 @@ def test_weights_changed_after_set_image_are_used_as_the_reference_uses_them(hel
     assert np.abs(our_low - before).max() > 1e-2  # the change matters
     np.testing.assert_allclose(our_low, ref_low, atol=1e-4)
     np.testing.assert_allclose(our_iou, ref_iou, atol=1e-4)
+
+
+def test_weights_written_through_data_are_used_from_the_next_image(helpers, image):
+    """``param.data`` writes (older EMA or weight-loading code) bump no tensor version, so the decoder's stacked
+    hypernetwork weights — kept on the model — outlived them, even into a new predictor: every new image
+    (``set_image``, a new predictor, ``reset_image``) now rebuilds them."""
+    ref, ours = helpers.make_pair()
+    prompt = dict(point_coords=np.array([[60.0, 40.0]]), point_labels=np.array([1]), multimask_output=True)
+    first = SamPredictor(ours)
+    first.set_image(image)
+    before = first.predict(**prompt)[2]  # fills the caches
+    for mlp in ours.mask_decoder.output_hypernetworks_mlps:
+        mlp.layers[-1].weight.data.mul_(-2.0)
+    ref.load_state_dict(ours.state_dict())
+    ref_p = segment_anything.SamPredictor(ref)
+    ref_p.set_image(image)
+    _, ref_iou, ref_low = ref_p.predict(**prompt)
+    assert np.abs(ref_low - before).max() > 1e-2  # the change matters
+    for predictor in (SamPredictor(ours), first):
+        predictor.set_image(image)
+        _, our_iou, our_low = predictor.predict(**prompt)
+        np.testing.assert_allclose(our_low, ref_low, atol=1e-4)
+        np.testing.assert_allclose(our_iou, ref_iou, atol=1e-4)

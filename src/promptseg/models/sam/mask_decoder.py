@@ -426,12 +426,18 @@ class MaskDecoder(nn.Module):
         hyper_in = self._hypernetworks(hs[:, 1 : 1 + self.num_mask_tokens, :], mask_slice)
         return self._masks(src, hyper_in, h, w), iou_pred
 
+    def clear_cache(self) -> None:
+        """Forget the stacked hypernetwork weights (:meth:`_hypernetworks`): they are rebuilt on next use. The
+        predictor calls this for every new image, since writes through ``param.data`` bump no version."""
+        self.__dict__.pop("_stacked_hypernetworks", None)
+
     def _hypernetworks(self, mask_tokens: Tensor, mask_slice: slice) -> Tensor:
         """Mask tokens ``B×4×D`` → ``B×K×D/8``: each selected token through its own hypernetwork MLP.
 
         Outside autograd the ``K`` MLPs run as one batched product per layer from their weights stacked
-        once (``K×in×out``, kept until a weight's storage, version or dtype changes): three calls instead
-        of ``3K`` one-row linears, whose fixed cost dominates (≈ 0.2 ms of a bf16 predict on the CPU).
+        once (``K×in×out``, kept until a weight's storage, version or dtype changes, or :meth:`clear_cache`):
+        three calls instead of ``3K`` one-row linears, whose fixed cost dominates (≈ 0.2 ms of a bf16 predict
+        on the CPU).
         Each output is the same dot product either way.
         """
         mlps = list(self.output_hypernetworks_mlps)[mask_slice]
