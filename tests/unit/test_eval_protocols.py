@@ -247,3 +247,19 @@ def test_records_name_their_masks():
     _, plain = evaluate(OraclePredictor(big), [{"image": item["image"], "masks": big[None]}],
                         EvalConfig(grabcut=False, max_clicks=2), progress=False)
     assert plain[0]["mask_index"] == 0 and "part" not in plain[0] and "name" not in plain[0]
+
+
+def test_eval_config_and_max_masks_are_checked():
+    """The CLI checked these; the Python API took max_clicks=0 (NoC 0, the best score, for masks that never
+    reach τ) and max_masks=0 (one mask evaluated)."""
+    for bad, name in (({"max_clicks": 0}, "max_clicks"), ({"max_clicks": 2.0}, "max_clicks"),
+                      ({"noc_thresholds": (0.85, 1.5)}, "noc_thresholds"), ({"report_clicks": (0, 1)}, "report_clicks"),
+                      ({"min_area_fraction": 1.0}, "min_area_fraction")):
+        with pytest.raises(ValueError, match=name):
+            EvalConfig(**bad)
+    big = rect()
+    items = [{"image": np.zeros((*big.shape, 3), np.uint8), "masks": big[None]}]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_masks"):
+            evaluate(OraclePredictor(big), items, EvalConfig(grabcut=False), max_masks=bad, progress=False)
+    EvalConfig(max_clicks=np.int64(3), report_clicks=(1, 2))

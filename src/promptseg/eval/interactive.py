@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
+from promptseg.config_utils import is_integer
 from promptseg.eval.grabcut import grabcut_from_box
 from promptseg.eval.protocols import box_fill, center_point, grid_reference, mask_box, mask_iou, next_click
 
@@ -35,6 +36,16 @@ class EvalConfig:
     token_grid: bool = True  # record the ground truth's IoU at the encoder's token grid (a SAM predictor)
     min_area: int = 16  # masks smaller than this (pixels) are skipped
     min_area_fraction: float = 0.0  # ... and masks covering less than this fraction of their image
+
+    def __post_init__(self) -> None:
+        if not is_integer(self.max_clicks) or self.max_clicks < 1:  # 0 would score NoC 0, the best, for any mask
+            raise ValueError(f"max_clicks must be an integer ≥ 1, got {self.max_clicks!r}")
+        if not all(0.0 < float(t) <= 1.0 for t in self.noc_thresholds):
+            raise ValueError(f"noc_thresholds must be IoUs in (0, 1], got {tuple(self.noc_thresholds)}")
+        if not all(is_integer(n) and n >= 1 for n in self.report_clicks):
+            raise ValueError(f"report_clicks must be click counts ≥ 1, got {tuple(self.report_clicks)}")
+        if not 0.0 <= self.min_area_fraction < 1.0:
+            raise ValueError(f"min_area_fraction must be in [0, 1), got {self.min_area_fraction}")
 
 
 def token_grid(predictor: Any) -> Optional[Tuple[int, int]]:
@@ -134,6 +145,8 @@ def evaluate(
     names its mask (``image_id``, ``mask_index``, ``area_fraction``; ``part`` and ``name`` when the item
     has ``parents`` / ``names``), so reports can be compared mask by mask (:mod:`promptseg.eval.compare`).
     """
+    if max_masks is not None and (not is_integer(max_masks) or max_masks < 1):  # 0 evaluated one mask
+        raise ValueError(f"max_masks must be None or an integer ≥ 1, got {max_masks!r}")
     records: List[Dict[str, Any]] = []
     grid = token_grid(predictor) if config.token_grid else None
     bar = tqdm(total=max_masks, desc="eval masks", unit="mask", disable=not progress)
