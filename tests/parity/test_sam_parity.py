@@ -302,3 +302,24 @@ def test_inferred_config_differs_only_in_decoder_heads(tiny_pair, helpers):
     assert inferred.prompt_encoder == helpers.TINY_CONFIG.prompt_encoder
     assert inferred.mask_decoder.num_heads == 8  # documented: not recoverable from the weights
     assert isinstance(inferred.image_encoder, ImageEncoderConfig)
+
+
+def test_inference_refuses_what_the_weights_do_not_tell(helpers):
+    """Without pos_embed the input size comes from a global block's relative-position table: with every block
+    windowed it was taken from the window (a 128-px model inferred as 48 px, loading without a word); a ViT
+    narrower than the assumed 64-dim heads was a bare ZeroDivisionError."""
+    import dataclasses
+
+    from promptseg.checkpoint import CheckpointError
+
+    base = helpers.TINY_CONFIG
+    enc = dataclasses.replace(base.image_encoder, use_abs_pos=False, global_attn_indexes=())
+    ref, _ = helpers.make_pair(dataclasses.replace(base, image_encoder=enc))
+    with pytest.raises(CheckpointError, match="cannot infer the input size"):
+        infer_sam_config(ref.state_dict())
+    state = dict(ref.state_dict())
+    state = {k: v for k, v in state.items() if ".rel_pos_" not in k}
+    state["image_encoder.pos_embed"] = torch.zeros(1, 8, 8, 32)
+    state["image_encoder.patch_embed.proj.weight"] = torch.zeros(32, 3, 16, 16)
+    with pytest.raises(CheckpointError, match="cannot infer a SAM config"):
+        infer_sam_config(state)

@@ -48,8 +48,11 @@ def infer_sam_config(state: Mapping[str, Tensor]) -> SamConfig:
         grid = pos.shape[1] if pos is not None else None
         rel_lengths = [state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] for i in range(depth)] if rel in state else []
         if grid is None:
-            if not rel_lengths:
-                raise CheckpointError("cannot infer the input size: no pos_embed and no relative positions")
+            if len(set(rel_lengths)) < 2:  # all windowed or all global: the grid is not in the weights
+                raise CheckpointError(
+                    "cannot infer the input size: no pos_embed, and no global-attention block told apart from the "
+                    "windowed ones by its relative-position table; pass the model's config"
+                )
             grid = (max(rel_lengths) + 1) // 2
         global_idx = tuple(i for i, n in enumerate(rel_lengths) if n == 2 * grid - 1)
         window = min(((n + 1) // 2 for n in rel_lengths if n != 2 * grid - 1), default=14)
@@ -83,6 +86,8 @@ def infer_sam_config(state: Mapping[str, Tensor]) -> SamConfig:
         )
     except KeyError as err:
         raise CheckpointError(f"not a SAM checkpoint: key {err.args[0]!r} is missing") from err
+    except (ValueError, ZeroDivisionError) as err:  # shapes no SAM config fits, e.g. a 32-wide ViT taken for 64-dim heads
+        raise CheckpointError(f"cannot infer a SAM config from the tensor shapes ({err}); pass the model's config") from err
     return SamConfig(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder)
 
 
