@@ -175,7 +175,10 @@ class SamPredictor:
         image_index: int = 0,
     ) -> NumpyResult:
         """``B`` prompts in one decoder pass: ``B×N×2`` clicks, ``B×N`` labels, ``B×4`` boxes,
-        ``B×1×256×256`` logits or ``B×H×W`` binary masks — each prompt may combine them.
+        ``B×1×256×256`` logits or ``B×H×W`` binary masks — each prompt may combine them. Prompts with fewer
+        clicks are padded with label ``-1``; a padding click is a token the decoder attends to (as in SAM,
+        whose own one-click call appends one), so an item equals a single :meth:`predict` only when that call
+        gets the same tokens.
 
         Returns masks ``B×C×H×W``, scores ``B×C``, low-res logits ``B×C×256×256``.
         """
