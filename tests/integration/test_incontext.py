@@ -167,6 +167,19 @@ def test_colour_masks_define_the_palette(predictor):
         predictor.predict(image, [(image, rgb), (image, labels)])
 
 
+def test_a_grey_colour_mask_among_colour_masks_is_a_colour_mask(predictor):
+    """A colour mask whose only object happens to be white (R = G = B) is still a colour mask next to others."""
+    image, labels = _example(labels=2)
+    both = pal.encode_labels(labels, np.array([[255, 0, 0], [255, 255, 255]], np.uint8))  # red 1, white 2
+    white = pal.encode_labels(labels == 1, np.array([[255, 255, 255]], np.uint8))
+    res = predictor.predict(image, [(image, both), (image, white)])
+    np.testing.assert_array_equal(res.palette, [[255, 0, 0], [255, 255, 255]])
+    from promptseg.incontext.predictor import resize_nearest
+
+    ctx = predictor.build_context([(image, both), (image, white)], ensemble="feature")
+    np.testing.assert_array_equal(ctx.masks[1], normalize(resize_nearest(white, predictor.image_size)))  # still white
+
+
 def test_bad_inputs_raise_value_errors_naming_the_argument(predictor):
     image, mask = _example()
     target = image
@@ -256,6 +269,28 @@ def test_segment_video_colour_mask_follows_the_palette(predictor, sequence):
         list(segment_video(predictor, sequence.frames, rgb, palette=[[10, 200, 10], [200, 200, 10]]))
     with pytest.raises(ValueError, match="first_mask has labels up to 200 but the fixed palette holds at most 124"):
         list(segment_video(predictor, sequence.frames, sequence.labels[0] * 100))
+
+
+def test_segment_video_is_not_changed_by_edits_of_its_outputs_or_a_reused_frame_buffer(predictor, sequence):
+    from promptseg.incontext.video import segment_video
+
+    frames = sequence.frames * 2
+    ref = [lab.copy() for lab in segment_video(predictor, frames, sequence.labels[0], fifo=2)]
+    edited = []
+    for lab in segment_video(predictor, frames, sequence.labels[0], fifo=2):
+        edited.append(lab.copy())
+        lab[:] = 0  # the caller post-processes the yielded map in place
+    buffer = np.empty_like(frames[0])
+
+    def reused():  # a reader that decodes every frame into the same array
+        for f in frames:
+            buffer[...] = f
+            yield buffer
+
+    streamed = [lab.copy() for lab in segment_video(predictor, reused(), sequence.labels[0], fifo=2)]
+    for a, b, c in zip(ref, edited, streamed):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
 
 
 def test_run_video_refuses_frames_with_the_same_name(predictor, sequence, tmp_path):
@@ -481,6 +516,58 @@ def test_cli_errors_exit_2(checkpoint, sequence, tmp_path, capsys, monkeypatch):
     assert "--device nonsense cannot be used on this machine" in capsys.readouterr().err
     assert main(["incontext", "--help"]) == 0
     assert "incontext video --help" in capsys.readouterr().out
+
+
+def test_cli_colour_mask_examples_share_one_numbering(tmp_path):
+    """Colour PNG examples are numbered over all examples together (sorted RGB), as the API numbers them."""
+    from promptseg.incontext.cli import _pairs
+    from promptseg.incontext.predictor import prepare_examples
+
+    image = np.zeros((10, 10, 3), np.uint8)
+    Image.fromarray(image).save(tmp_path / "img.png")
+    a = np.zeros((10, 10, 3), np.uint8)
+    a[:5], a[5:, :5] = (255, 0, 0), (0, 255, 0)  # red and green
+    b = np.zeros((10, 10, 3), np.uint8)
+    b[:5] = (255, 0, 0)  # red only
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(b).save(tmp_path / "b.png")
+    img = str(tmp_path / "img.png")
+    ex = prepare_examples(_pairs([(img, str(tmp_path / "a.png")), (img, str(tmp_path / "b.png"))], "--example"))
+    np.testing.assert_array_equal(ex.palette, [[0, 255, 0], [255, 0, 0]])
+    assert ex.labels[0][0, 0] == ex.labels[1][0, 0] == 2  # red is label 2 in both examples
+
+
+def test_cli_refuses_outputs_that_overwrite_any_input(checkpoint, tmp_path, capsys):
+    from promptseg.cli import main
+
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(photos / "a.jpg")
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(photos / "a.png")
+    before = (photos / "a.png").read_bytes()
+    ex, ex_mask = _write_pair(tmp_path, "ex", rng.integers(0, 256, (20, 30, 3), dtype=np.uint8),
+                              np.pad(np.ones((5, 5), np.int64), ((5, 10), (5, 20))))
+    ck = str(checkpoint)
+    # a.jpg's label map OUTDIR/a.png is the target a.png (still to be read)
+    assert main(["incontext", str(photos), "--example", ex, ex_mask, "--checkpoint", ck, "-o", str(photos)]) == 2
+    assert "would overwrite the target" in capsys.readouterr().err
+    assert (photos / "a.png").read_bytes() == before and sorted(p.name for p in photos.iterdir()) == ["a.jpg", "a.png"]
+    # ex_mask.jpg's label map would be the example's mask
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "ex_mask.jpg")
+    assert main(["incontext", str(tmp_path / "ex_mask.jpg"), "--example", ex, ex_mask, "--checkpoint", ck,
+                 "-o", str(tmp_path)]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+
+
+def test_cli_output_names_stay_unique():
+    from pathlib import Path
+
+    from promptseg.incontext.cli import _output_names
+
+    # a.png becomes a_2: the target a_2.png may not be written to the same a_2.png
+    assert _output_names([Path("a.jpg"), Path("a.png"), Path("a_2.png")]) == ["a", "a_2", "a_2_2"]
+    assert _output_names([Path("x/a.png"), Path("y/a.png"), Path("z/a.png")]) == ["a", "a_2", "a_3"]
 
 
 def test_predictor_gives_the_same_with_the_transformers_model(model, predictor):

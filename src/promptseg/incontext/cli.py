@@ -165,8 +165,20 @@ def _pairs(items: Sequence[Sequence[str]], option: str) -> List[Tuple[Any, Any]]
                              f"mask is {labels.shape[1]}×{labels.shape[0]}")
         if not (labels > 0).any():
             raise ValueError(f"{option} {img} {mask}: the mask is empty (no pixel above 0)")
-        out.append((image, labels))
+        out.append((image, _colours_or(labels, mask)))
     return out
+
+
+def _colours_or(labels: Any, path: str) -> Any:
+    """The ``H×W×3`` colours of an RGB(A) mask PNG (numbered over all examples together, as the API does),
+    else its ``labels``."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode not in ("RGB", "RGBA"):
+            return labels
+        return np.asarray(im.convert("RGB"))
 
 
 def _targets(inputs: Sequence[str]) -> List[Path]:
@@ -190,10 +202,16 @@ def _targets(inputs: Sequence[str]) -> List[Path]:
 def _output_names(files: Sequence[Path]) -> List[str]:
     """Output name per target: its stem, made unique with ``_2``, ``_3``… when stems repeat."""
     seen: Dict[str, int] = {}
+    used = set()
     names = []
     for f in files:
         seen[f.stem] = seen.get(f.stem, 0) + 1
-        names.append(f.stem if seen[f.stem] == 1 else f"{f.stem}_{seen[f.stem]}")
+        name = f.stem if seen[f.stem] == 1 else f"{f.stem}_{seen[f.stem]}"
+        while name in used:  # a.jpg, a.png, a_2.png: the third may not reuse a.png's a_2
+            seen[f.stem] += 1
+            name = f"{f.stem}_{seen[f.stem]}"
+        used.add(name)
+        names.append(name)
     return names
 
 
@@ -211,9 +229,15 @@ def cmd_images(args: argparse.Namespace) -> int:
         raise ValueError(f"--ensemble none takes one --example, got {len(args.example)}")
     files = _targets(args.targets)
     names = _output_names(files)
-    clash = [f for f, n in zip(files, names) if (Path(args.output) / f"{n}.png").resolve() == f.resolve()]
-    if clash:
-        raise ValueError(f"writing OUTDIR/{clash[0].name} would overwrite the target {clash[0]}; choose another -o")
+    inputs = {Path(p).resolve(): f"input {p}" for pair in args.example for p in pair}
+    inputs.update({Path(args.prompt).resolve(): f"input {args.prompt}"} if args.prompt else {})
+    inputs.update({f.resolve(): f"target {f}" for f in files})
+    suffixes = [".png"] + [".overlay.png"] * (not args.no_overlay) + [".colored.png"] * bool(args.colored)
+    for n in names:  # every output against every input: a.jpg's a.png must not overwrite the target a.png
+        for dst in (Path(args.output) / f"{n}{suffix}" for suffix in suffixes):
+            if dst.resolve() in inputs:
+                raise ValueError(f"writing OUTDIR/{dst.name} would overwrite the {inputs[dst.resolve()]}; "
+                                 f"choose another -o")
     examples = _pairs(args.example, "--example") if args.example else None
     prompt = None
     if args.prompt:

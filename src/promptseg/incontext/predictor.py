@@ -39,6 +39,7 @@ from promptseg.incontext.palette import (
     as_label_map,
     as_palette,
     color_distances,
+    colors_to_labels,
     default_palette,
     encode_labels,
     labels_from_distances,
@@ -213,6 +214,10 @@ def prepare_examples(examples: Any, palette: Optional[np.ndarray] = None, allow_
         images.append(img)
         labels.append(lab)
         colour_sets.append(colors)
+    if any(c is not None for c in colour_sets):  # among colour masks, a grey-only H×W×3 one is a colour mask too
+        for i, (_, mask) in enumerate(pairs):
+            if colour_sets[i] is None and mask.ndim == 3 and mask.shape[2] in (3, 4):
+                labels[i], colour_sets[i] = colors_to_labels(mask, f"{_example_name(i, names)} mask")
     if not any((lab > 0).any() for lab in labels):
         raise ValueError("every example mask is empty: at least one must mark the object(s) to segment")
     kinds = {c is None for c in colour_sets}

@@ -165,12 +165,12 @@ def segment_video(
         first = next(iterator)
     except StopIteration:
         raise ValueError("frames is empty") from None
-    first = np.asarray(first)
+    first = np.array(first)  # copies: the examples must not change when the caller reuses or edits arrays
     if first.shape[:2] != labels0.shape:
         raise ValueError(
             f"first_mask is {labels0.shape[0]}×{labels0.shape[1]} but the first frame is {first.shape[0]}×{first.shape[1]}"
         )
-    yield labels0
+    yield labels0.copy()
     queue: deque = deque(maxlen=fifo)
     for frame in iterator:
         examples = [(first, labels0)] + list(queue)
@@ -178,7 +178,7 @@ def segment_video(
                                    embedding_type=embedding_type, max_distance=max_distance)
         labels = result.labels
         if fifo and (labels > 0).any():
-            queue.append((np.asarray(frame), labels))
+            queue.append((np.array(frame), labels.copy()))
         yield labels
 
 
