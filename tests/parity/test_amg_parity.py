@@ -315,6 +315,29 @@ def test_max_masks_ranks_empty_masks_last(helpers, images):
     assert len(top) == 5 and all(r["area"] > 0 and not np.isnan(r["stability_score"]) for r in top)
 
 
+def test_empty_masks_of_crops_keep_their_box_through_the_small_region_pass(helpers, images):
+    """An empty mask's box is its crop's corner (the reference's ``[x0, y0, 0, 0]``); the small-region pass
+    leaves an unchanged mask's box as it is, as the reference does (it gave ``[0, 0, 0, 0]``)."""
+    pair = tuple(localize(m) for m in helpers.make_pair(helpers.TINY_CONFIG))
+    for model in pair:
+        decoder_forward = model.mask_decoder.forward
+
+        def third_output_empty(*args, _forward=decoder_forward, **kwargs):
+            low, iou = _forward(*args, **kwargs)
+            low = low.clone()
+            low[:, 2] = -10.0  # no pixel above threshold - offset: an empty mask
+            return low, iou
+
+        model.mask_decoder.forward = third_output_empty
+    image = images["square"][:50, :56]
+    options = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.99,
+                   crop_nms_thresh=0.99, crop_n_layers=1, min_mask_region_area=5)
+    expected, got = run_both(pair, image, **options)
+    empty = lambda records: sorted((r["bbox"], r["crop_box"]) for r in records if r["area"] == 0)  # noqa: E731
+    assert any(bbox[:2] != [0, 0] for bbox, _ in empty(expected))
+    assert empty(got) == empty(expected)
+
+
 def test_explicit_grids_grayscale_input_and_progress(localized, images, capsys):
     grid = H.build_point_grid(5)
     gen = SamAutomaticMaskGenerator(localized[1], points_per_side=None, point_grids=[grid], **{k: v for k, v in FILTERS.items() if k != "points_per_side"}, progress=True)

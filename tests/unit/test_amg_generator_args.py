@@ -41,3 +41,19 @@ def test_numpy_integer_options_are_accepted_as_by_the_reference(tiny_sam):
     assert all(type(v) is int for v in (gen.points_per_batch, gen.crop_n_layers, gen.max_masks))
     with pytest.raises(ValueError, match="points_per_side must be a positive integer"):
         SamAutomaticMaskGenerator(tiny_sam, points_per_side=4.0)
+
+
+def test_crop_layers_on_an_image_a_few_pixels_wide(tiny_sam):
+    """On a 5×7 image the 4×4 layer has crops starting past the image's edge: they hold no pixel and are
+    skipped (encoding them raised "image is empty")."""
+    import numpy as np
+
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    gen = SamAutomaticMaskGenerator(tiny_sam, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0,
+                                    crop_n_layers=2)
+    records = gen.generate(image)
+    assert records
+    for r in records:
+        x, y, w, h = r["crop_box"]
+        assert w > 0 and h > 0 and x + w <= 7 and y + h <= 5
+        assert r["segmentation"].shape == (5, 7)

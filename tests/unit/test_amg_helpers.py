@@ -280,6 +280,13 @@ def test_coco_rle_matches_pycocotools():
         assert H.coco_encode_mask(mask) == rle
 
 
+def test_coco_encode_mask_takes_any_nonzero_value_as_foreground():
+    """As ``mask_to_rle``: a float 0.5 or an integer 256 is foreground (a uint8 cast made them 0)."""
+    pytest.importorskip("pycocotools.mask")
+    for mask in (np.array([[0.0, 0.5], [1.0, 0.0]]), np.array([[0, 256], [1, 0]]), np.array([[0, 255], [255, 0]], np.uint8)):
+        assert H.coco_encode_mask(mask) == H.coco_encode_rle(H.mask_to_rle(mask))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Small regions (§B: components and holes under 100 px)
 

@@ -384,6 +384,10 @@ class SamAutomaticMaskGenerator:
         if predictor is not None:
             self._check_predictor(predictor, orig_size)
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        # On an image a few pixels wide, a crop of a deep layer can start past the image's edge: it holds no
+        # pixel and so no mask (encoding it failed on an empty image).
+        nonempty = [i for i, (x0, y0, x1, y1) in enumerate(crop_boxes) if x1 > x0 and y1 > y0]
+        crop_boxes, layer_idxs = [crop_boxes[i] for i in nonempty], [layer_idxs[i] for i in nonempty]
         bar = self._progress_bar(crop_boxes, layer_idxs)
         crops: List[_Crop] = []
         data = _MaskSet()
@@ -611,7 +615,10 @@ class SamAutomaticMaskGenerator:
             boxes.float(), torch.as_tensor(scores), torch.zeros(len(boxes)), max(self.box_nms_thresh, self.crop_nms_thresh)
         )
         data.masks = new_masks
-        data.boxes = boxes
+        # As the reference, only a changed mask gets its new box: an unchanged one keeps its own, the same
+        # box unless the mask is empty, whose box is its crop's corner (zeros here).
+        unchanged = torch.as_tensor(scores, dtype=torch.bool)
+        data.boxes = torch.where(unchanged[:, None], data.boxes, boxes)
         data.filter(keep)
 
     def _records(self, data: _MaskSet, crops: List[_Crop], orig_size: Tuple[int, int]) -> List[Dict[str, Any]]:

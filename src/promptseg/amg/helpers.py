@@ -356,7 +356,8 @@ def coco_encode_mask(mask: np.ndarray) -> Dict[str, Any]:
     """Compressed COCO RLE of a boolean ``h×w`` mask — the same dict as
     ``coco_encode_rle(mask_to_rle(mask))``, encoded in C."""
     mask_utils = pycocotools_mask()
-    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    # any nonzero value is foreground, as in mask_to_rle (a cast to uint8 alone zeroed 0.5 and 256)
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=bool), dtype=np.uint8))
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("utf-8")}
 
 
