@@ -129,3 +129,18 @@ def test_hypernetworks_backpropagate_through_each_mlp() -> None:
     tokens = torch.randn(2, 4, 32, requires_grad=True)
     decoder._hypernetworks(tokens, slice(None)).square().sum().backward()
     assert tokens.grad is not None and all(p.grad is not None for p in decoder.output_hypernetworks_mlps.parameters())
+
+
+def test_hypernetworks_stacked_under_inference_mode_do_not_reach_a_backward() -> None:
+    """Stacks made under ``torch.inference_mode`` (the automatic mask generator's) were reused by a training
+    step with the MLPs frozen: 'Inference tensors cannot be saved for backward'. They are rebuilt there."""
+    decoder = _decoder()
+    tokens = torch.randn(2, 4, 32)
+    with torch.inference_mode():
+        decoder._hypernetworks(tokens, slice(1, None))
+    decoder.output_hypernetworks_mlps.requires_grad_(False)
+    trained = tokens.clone().requires_grad_(True)
+    out = decoder._hypernetworks(trained, slice(1, None))
+    out.square().sum().backward()
+    torch.testing.assert_close(out.detach(), _one_by_one(decoder, tokens, slice(1, None)))
+    assert trained.grad is not None

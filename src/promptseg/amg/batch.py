@@ -64,7 +64,7 @@ MERGED_COCO = "coco_results.json"
 #: Generator settings of each preset, for generator classes that define no ``PRESETS`` of their own (promptseg's
 #: generator does: its presets win); options given explicitly override them.
 PRESETS: Dict[str, Dict[str, Any]] = {
-    # The generator's own defaults (as segment_anything): 32×32 points, predicted IoU ≥ 0.88, stability
+    # The generator's own defaults (as segment_anything): 32×32 points, predicted IoU > 0.88, stability
     # ≥ 0.95, box NMS 0.7, no crops.
     "default": {},
     # §7.2 / §D.2 edge detection: 16×16 points, no IoU or stability filter, NMS only.
@@ -75,7 +75,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "box_nms_thresh": 0.9, "crop_n_layers": 0,
     },
     # §B, the SA-1B data engine: 32×32 points on the image, 2×2 and 4×4 crops with 16×16 and 8×8 grids,
-    # IoU ≥ 0.88, stability ≥ 0.95, NMS 0.7 within and across crops, components and holes < 100 px removed.
+    # IoU > 0.88, stability ≥ 0.95, NMS 0.7 within and across crops, components and holes < 100 px removed.
     "sa1b": {
         "points_per_side": 32, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "box_nms_thresh": 0.7,
         "crop_n_layers": 2, "crop_n_points_downscale_factor": 2, "crop_nms_thresh": 0.7,

@@ -445,7 +445,9 @@ class MaskDecoder(nn.Module):
         params = [p for mlp in mlps for p in mlp.parameters()]
         if len(mlps) < 2 or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return torch.stack([mlp(tokens[:, i]) for i, mlp in enumerate(mlps)], dim=1)
-        key = (mask_slice.start, mask_slice.stop, mask_slice.step) + tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        key = (mask_slice.start, mask_slice.stop, mask_slice.step, torch.is_inference_mode_enabled()) + tuple(
+            (p.data_ptr(), p._version, p.dtype) for p in params
+        )  # stacks made under inference_mode cannot be saved for a later backward (frozen MLPs, trained inputs)
         cached = getattr(self, "_stacked_hypernetworks", None)
         if cached is None or cached[0] != key:
             layers = [
