@@ -233,6 +233,7 @@ def test_config_rejects_options_that_would_fail_or_mislabel_later():
     """Bad knobs are named when the config is validated, not at the first scene (or never: an unknown kind was
     drawn as a stroke and labelled with the unknown name)."""
     for bad, message in (({"kind_weights": {"circle": 1.0}}, "kind_weights"), ({"kind_weights": {"blob": -1.0}}, "kind_weights"),
+                         ({"kind_weights": {"blob": "x"}}, "kind_weights"),
                          ({"emoji": False, "kind_weights": {"emoji": 1.0}}, "kind_weights"),
                          ({"crowd_count": (10, 5)}, "crowd_count"), ({"jpeg_quality": (95, 75)}, "jpeg_quality"),
                          ({"jpeg_quality": (0, 90)}, "jpeg_quality"), ({"crowd_prob": 1.5}, "crowd_prob"),

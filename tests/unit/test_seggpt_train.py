@@ -137,6 +137,52 @@ def test_semantic_categories_obey_the_mask_area_limits():
         assert s.embedding_type == "semantic" and s.keys == ["cat"] and s.prompt_labels.any()
 
 
+def test_scenes_whose_masks_are_not_the_image_size_are_refused():
+    """A mask of another H×W with the same pixel count (here transposed) was reshaped to the image's size
+    and trained on as scrambled labels; now the scene is named."""
+    image = np.zeros((48, 64, 3), np.uint8)
+    mask = np.zeros((48, 64), bool)
+    mask[5:20, 5:30] = True
+    data = PairDataset([{"image": image, "masks": mask.T[None].copy()}] * 2, PairConfig(semantic_prob=0.0), (32, 32), 8)
+    with pytest.raises(ValueError, match=r"scene 0: 'masks' must be K×H×W with the image's H×W \(48, 64\)"):
+        data.sample(0, np.random.default_rng(0))
+    grey = PairDataset([{"image": image[..., 0], "masks": mask[None]}] * 2, PairConfig(semantic_prob=0.0), (32, 32), 8)
+    with pytest.raises(ValueError, match="scene 0: 'image' must be H×W×3 uint8"):
+        grey.sample(0, np.random.default_rng(0))
+    ok = PairDataset([{"image": image, "masks": mask[None]}] * 2, PairConfig(semantic_prob=0.0), (32, 32), 8)
+    assert ok.sample(0, np.random.default_rng(0)).target_labels.any()
+
+
+def test_scene_index_from_sa1b_json_agrees_with_the_reader(tmp_path):
+    """The JSON-only index read parents as the reader does: an annotation without an id is known by its
+    position in the file (before the min_area filter), and a mask that names itself as parent is top-level."""
+    from promptseg.data.sa1b import SA1BDataset, write_sa1b_json
+    from PIL import Image
+
+    from promptseg.train.seggpt.pairs import SceneIndex, mask_areas, mask_categories
+
+    size = 32
+    masks = np.zeros((4, size, size), bool)
+    masks[0, :2, :2] = True  # 4 px: dropped by min_area
+    masks[1, 4:10, 4:10] = True  # "dog": a part of annotation 3 (by position, no ids)
+    masks[2, 22:30, 22:30] = True  # "owl": its own parent (top-level for the reader)
+    masks[3, 2:20, 2:20] = True  # "cat"
+    extra = [{"name": "ant", "parent": -1}, {"name": "dog", "parent": 3}, {"name": "owl", "parent": 2},
+             {"name": "cat", "parent": -1}]
+    Image.fromarray(np.full((size, size, 3), 90, np.uint8)).save(tmp_path / "sa_1.jpg")
+    path = write_sa1b_json(tmp_path / "sa_1.json", 1, "sa_1.jpg", list(masks), extra, ids=[0, 1, 2, 3])
+    doc = json.loads(path.read_text())
+    for ann in doc["annotations"]:
+        del ann["id"]
+    path.write_text(json.dumps(doc))
+    data = SA1BDataset(tmp_path, min_area=10)
+    config = PairConfig(min_mask_area=0)
+    item = data[0]
+    loaded = mask_categories(item["names"], item["parents"], mask_areas(item["masks"]), config, size * size)
+    assert sorted(loaded) == ["cat", "owl"]
+    assert SceneIndex.build(data, config).categories == [("cat", "owl")]
+
+
 def test_semantic_pairs_with_the_same_scene_and_the_type_mix():
     data = pairs(semantic_prob=1.0, same_image_prob=1.0)
     s = data.sample(3, np.random.default_rng(0))
@@ -173,6 +219,20 @@ def test_target_needs_prompt_colours_only_what_the_prompt_shows(semantic_prob):
         assert set(np.unique(b.target_labels)) <= set(np.unique(b.prompt_labels))
         assert (a.prompt_labels == b.prompt_labels).all()  # only the target's colouring changes
     assert unseen > 0  # small independent crops do miss objects: the option matters here
+
+
+def test_target_needs_prompt_holds_for_mix_context():
+    """Stitched instance tiles: the shared crop (or the downscaling of the canvas) can drop a label from the
+    prompt canvas only, which left it coloured in the target although the option promises otherwise."""
+    changes = dict(semantic_prob=0.0, mix_prob=1.0, mix_grid=(2, 2), mix_scale=(0.5, 1.0), crop_scale=(0.2, 0.5))
+    free, tied = pairs(**changes), pairs(target_needs_prompt=True, **changes)
+    unseen = 0
+    for i in range(24):
+        a, b = free.sample(i % 8, np.random.default_rng(i)), tied.sample(i % 8, np.random.default_rng(i))
+        assert a.mixed and b.mixed
+        unseen += bool(set(np.unique(a.target_labels)) - set(np.unique(a.prompt_labels)))
+        assert set(np.unique(b.target_labels)) <= set(np.unique(b.prompt_labels))
+    assert unseen > 0  # the option matters here
 
 
 def test_same_view_repeats_the_prompt_view_for_one_scene():
@@ -259,7 +319,12 @@ def test_augmentation_keeps_image_and_mask_aligned():
     img, lab = augment_view(image, labels, (64, 80), PairConfig(jitter_prob=0.0, hflip_prob=1.0, crop_scale=(1.0, 1.0),
                                                                 crop_ratio=(1.25, 1.25)), rng)
     assert np.array_equal(lab, labels[:, ::-1]) and np.array_equal(img, image[:, ::-1])
-    # colour jitter changes the image only
+    # colour jitter changes the image only; a strength whose saturation factor 1 ± 1.5·s can be negative
+    # (hues inverted, not jittered) is refused
+    for strength in (0.7, 0.99):
+        with pytest.raises(ValueError, match="jitter_strength must be in"):
+            PairConfig(jitter_strength=strength)
+    assert PairConfig(jitter_strength=2 / 3).jitter_strength == 2 / 3
     img, lab = augment_view(image, labels, (64, 80), PairConfig(jitter_prob=1.0, hflip_prob=0.0, crop_scale=(1.0, 1.0),
                                                                 crop_ratio=(1.25, 1.25)), rng)
     assert np.array_equal(lab, labels) and not np.array_equal(img, image)
@@ -411,7 +476,8 @@ def test_config_values_are_checked_and_round_trip(tmp_path):
         with pytest.raises(ValueError):
             SegGptTrainConfig.from_dict(base_config(**bad))
     for bad, message in (({"pairs": {"semantic_prob": "high"}}, "pairs: semantic_prob must be a finite number"),
-                         ({"batch_size": "8"}, "batch_size must be an integer, got '8'")):
+                         ({"batch_size": "8"}, "batch_size must be an integer, got '8'"),
+                         ({"seed": -1}, r"seed must be in \[0, 2\*\*64\)"), ({"seed": 2**64}, "seed must be in")):
         with pytest.raises(ValueError, match=message):
             SegGptTrainConfig.from_dict(base_config(**bad))
     cfg = SegGptTrainConfig.from_dict(base_config(pairs={"mix_prob": 0.3, "mix_grid": [1, 2]}, milestones=[5, 9]))
@@ -420,6 +486,29 @@ def test_config_values_are_checked_and_round_trip(tmp_path):
     path.write_text(cfg.to_json())
     assert SegGptTrainConfig.from_json(path) == cfg
     assert cfg.replace(max_steps=7).max_steps == 7
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"preset": "tiny", "checkpoint": 3}, "model: checkpoint must be a string or null, got 3"),
+    ({"preset": "tiny", "init_encoder_from_sam": True}, "model: init_encoder_from_sam must be a string or null"),
+])
+def test_model_section_value_types_are_checked(model, message):
+    """A number or a bool for a path passed the config and was a TypeError traceback when the model was built."""
+    with pytest.raises(ValueError, match=message):
+        SegGptTrainConfig.from_dict(base_config(model=model))
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"num_scenes": "3"}, "num_scenes must be an integer, got '3'"),
+    ({"seed": 1.5}, "seed must be an integer, got 1.5"),
+    ({"max_objects": "5"}, "max_objects must be an integer, got '5'"),
+    ({"use_photos": "no"}, "use_photos must be true or false"),
+])
+def test_synth_scenes_option_types_are_checked_when_the_config_is_read(option, message):
+    """The synth-scenes factory takes ``**options``: their types were not checked, so a string count was a
+    TypeError traceback (not a config error) when the scenes were built, and a fractional seed was used."""
+    with pytest.raises(ValueError, match=rf"dataset \('synth-scenes'\): {message}"):
+        SegGptTrainConfig.from_dict(base_config(dataset={"type": "synth-scenes", "size": 64, **option}))
 
 
 @pytest.mark.parametrize("name", ["seggpt_tiny_debug.json", "default_seggpt_synth.json", "default_seggpt_cpu.json",

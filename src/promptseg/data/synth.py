@@ -298,6 +298,11 @@ def emoji_sprite(cp: int, font_path: str) -> Tuple[np.ndarray, Tuple[Tuple[np.nd
 
 
 # ================================================================================================ config
+def _is_weight(value: Any) -> bool:
+    """A sampling weight: a real number ≥ 0 (not a bool, not a string from a JSON config)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and value >= 0
+
+
 @dataclass
 class SynthConfig:
     """Knobs of the scene generator (the defaults are what ``promptseg data synth`` uses)."""
@@ -348,7 +353,7 @@ class SynthConfig:
         if not 0 < lo <= hi:
             raise ValueError(f"object_scale must be (low, high) with 0 < low ≤ high, got {self.object_scale}")
         kinds = {"emoji", "polygon", "blob", "stroke"}
-        if set(self.kind_weights) - kinds or not all(w >= 0 for w in self.kind_weights.values()):
+        if set(self.kind_weights) - kinds or not all(_is_weight(w) for w in self.kind_weights.values()):
             raise ValueError(f"kind_weights must map {sorted(kinds)} to weights ≥ 0, got {self.kind_weights}")
         if not sum(w for k, w in self.kind_weights.items() if self.emoji or k != "emoji") > 0:
             raise ValueError(f"kind_weights give every object kind weight 0 (emoji={self.emoji}): {self.kind_weights}")

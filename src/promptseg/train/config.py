@@ -118,6 +118,7 @@ def parse_sections(cls: type, data: Mapping[str, Any], where: str, model_cls: ty
             raise ValueError(f"{where}: missing required key {key!r}")
     kwargs = dict(data)
     _check_keys(model_cls, kwargs["model"], "model")
+    check_value_types(typing.get_type_hints(model_cls), kwargs["model"], "model")  # a number for a path: named now
     kwargs["model"] = model_cls(**kwargs["model"])
     kwargs["dataset"] = DatasetSpec.from_dict(kwargs["dataset"])
     for key in ("betas", "milestones"):
@@ -180,6 +181,7 @@ class LoopConfig:
             need(int(getattr(self, name)) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
         for name in ("num_workers", "warmup", "keep_checkpoints"):
             need(int(getattr(self, name)) >= 0, f"{name} must be ≥ 0, got {getattr(self, name)}")
+        need(0 <= self.seed < 2**64, f"seed must be in [0, 2**64) (a numpy / torch seed), got {self.seed}")
         need(self.lr > 0, "lr must be positive")
         need(self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}")
         need(self.lr_gamma > 0, f"lr_gamma must be > 0 (a negative one makes the learning rate negative), got {self.lr_gamma}")

@@ -6,7 +6,8 @@ one per sample), so the model has to read the colours from the prompt instead of
 
 * **semantic** pairs (``embedding_type="semantic"``): the target scene and a *different* scene that
   contains the same category (an emoji's Unicode name for :mod:`promptseg.data.synth` scenes, the
-  per-mask ``names`` of any dataset); every instance of a chosen category is painted in that
+  per-mask ``names`` of any dataset; another view of the target scene when no other scene holds the
+  category); every instance of a chosen category is painted in that
   category's colour. One to ``max_categories`` categories of the prompt scene are coloured, each in its
   own colour. With probability ``same_image_prob`` (App. A: 0.5) the prompt is instead another
   augmented view of the target scene;
@@ -125,7 +126,8 @@ class PairConfig:
             lo, hi = getattr(self, name)
             need(0.0 < lo <= hi <= 1.0, f"{name} must be (low, high) with 0 < low ≤ high ≤ 1, got {getattr(self, name)}")
         need(0.0 < self.crop_ratio[0] <= self.crop_ratio[1], f"crop_ratio must be (low, high) > 0, got {self.crop_ratio}")
-        need(0.0 <= self.jitter_strength < 1.0, "jitter_strength must be in [0, 1)")
+        need(0.0 <= self.jitter_strength <= 2 / 3, "jitter_strength must be in [0, 2/3] (saturation is scaled by "
+             f"1 ± 1.5·strength: above 2/3 it can turn negative and invert the hues), got {self.jitter_strength}")
         need(0.0 < self.random_mask_ratio < 1.0, "random_mask_ratio must be in (0, 1)")
         need(self.min_mask_area >= 0 and 0.0 < self.max_mask_area <= 1.0, "need min_mask_area ≥ 0 and max_mask_area in (0, 1]")
 
@@ -191,11 +193,14 @@ def scene_summary(dataset: Any, index: int) -> Tuple[Optional[List[str]], Option
         data = read_json(dataset.annotation_files[index])
         anns = data.get("annotations") or []
         if all(isinstance(a, dict) and "area" in a for a in anns):
-            anns = [a for a in anns if int(a["area"]) >= dataset.min_area]
-            ids = {a.get("id", n) for n, a in enumerate(anns)}
+            # ids as the reader's: an annotation without one is known by its position in the file
+            kept = [(a.get("id", n), a) for n, a in enumerate(anns) if int(a["area"]) >= dataset.min_area]
+            ids = {i for i, _ in kept}
+            anns = [a for _, a in kept]
             names = [str(a.get("name") or "") for a in anns] if any("name" in a for a in anns) else None
-            # only whether a mask has a (kept) parent matters here: 0 stands for "some parent"
-            parents = [-1 if a.get("parent", -1) in (-1, None) or a.get("parent") not in ids else 0 for a in anns]
+            # only whether a mask has a (kept, other) parent matters here: 0 stands for "some parent"
+            parents = [-1 if p in (-1, None) or p not in ids or p == i else 0
+                       for i, p in ((i, a.get("parent", -1)) for i, a in kept)]
             pixels = int(data["image"]["height"]) * int(data["image"]["width"])
             return names, parents, np.array([int(a["area"]) for a in anns], np.int64), pixels
     if hasattr(dataset, "cumulative_sizes"):  # torch ConcatDataset (several sa1b folders)
@@ -412,8 +417,13 @@ class PairDataset:
         item = self.scenes[index]
         image = item["image"]
         image = image.cpu().numpy() if hasattr(image, "cpu") else np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"scene {index}: 'image' must be H×W×3 uint8, got {image.shape} {image.dtype}")
         masks = item["masks"]
         masks = (masks.cpu().numpy() if hasattr(masks, "cpu") else np.asarray(masks)).astype(bool)
+        if masks.size and (masks.ndim not in (2, 3) or masks.shape[-2:] != image.shape[:2]):
+            raise ValueError(f"scene {index}: 'masks' must be K×H×W with the image's H×W {image.shape[:2]}, "
+                             f"got {masks.shape}")
         masks = masks.reshape(-1, *image.shape[:2])
         areas = mask_areas(masks)
         pixels = image.shape[0] * image.shape[1]
@@ -539,6 +549,8 @@ class PairDataset:
         box = random_resized_crop_box(rows * h, cols * w, self.config.mix_scale, ratio, rng)
         prompt = crop_resize(canvases[0], canvases[1], box, self.image_size)
         target = crop_resize(canvases[2], canvases[3], box, self.image_size)
+        if self.config.target_needs_prompt:  # the crop or the downscaling may drop a label from the prompt only
+            target = (target[0], np.where(np.isin(target[1], prompt[1]), target[1], 0).astype(target[1].dtype))
         return prompt + target
 
     # ------------------------------------------------------------------------------------------ encode
@@ -645,7 +657,17 @@ def synth_scenes(**options: Any) -> SynthScenes:
     return SynthScenes(**options)
 
 
+def _synth_annotations() -> Dict[str, Any]:
+    """The types of those options (``SynthConfig``'s fields, ``SynthScenes``' own), so that a string count or
+    a fractional seed is a named error when the config is read, not a traceback when the scenes are built."""
+    from promptseg.data.synth import SynthConfig
+
+    own = {k: v for k, v in typing.get_type_hints(SynthScenes.__init__).items() if k not in ("synth", "return")}
+    return {**typing.get_type_hints(SynthConfig), **own, "return": SynthScenes}
+
+
 synth_scenes.__signature__ = _synth_signature()  # type: ignore[attr-defined]
+synth_scenes.__annotations__ = _synth_annotations()
 
 
 def register_datasets() -> None:
