@@ -163,8 +163,11 @@ def test_colour_masks_define_the_palette(predictor):
     np.testing.assert_array_equal(fixed.palette, colors)
     with pytest.raises(ValueError, match=r"examples\[0\] mask has colour\(s\) \[\(200, 0, 0\)\] that are not in"):
         predictor.predict(image, [(image, rgb)], palette=[[0, 0, 200], [9, 9, 9]])
-    with pytest.raises(ValueError, match="mix label-map masks and colour masks"):
+    with pytest.raises(ValueError, match=r"examples\[1\] mask is a label map but examples\[0\] mask is a colour mask: "
+                                         "examples mix label-map masks and colour masks"):
         predictor.predict(image, [(image, rgb), (image, labels)])
+    with pytest.raises(ValueError, match=r"examples\[2\] mask is a colour mask but examples\[0\] mask is a label map"):
+        predictor.predict(image, [(image, labels), (image, labels), (image, rgb)])
 
 
 def test_a_grey_colour_mask_among_colour_masks_is_a_colour_mask(predictor):
@@ -484,6 +487,30 @@ def test_cli_end_to_end(checkpoint, sequence, tmp_path, capsys):
                  "--no-overlay"]) == 0
     assert sorted(p.name for p in (tmp_path / "tuned").iterdir()) == ["000.png", "001.png", "002.png", "003.png"]
     assert "loss" in capsys.readouterr().out
+
+
+def test_cli_colour_masks_share_one_numbering_across_examples(checkpoint, model, tmp_path):
+    """Colour PNGs are colours in every example (as in SegGptPredictor.predict), not numbered file by file:
+    red is one label in an example with red and blue and in one with red only."""
+    from promptseg.cli import main
+    from promptseg.incontext.cli import _pairs
+    from promptseg.incontext.predictor import prepare_examples
+
+    image, labels = _example(labels=2)
+    red, blue = [220, 0, 0], [0, 0, 220]
+    both = pal.encode_labels(labels, np.array([red, blue], np.uint8))
+    only_red = pal.encode_labels(np.where(labels == 1, 1, 0), np.array([red], np.uint8))
+    Image.fromarray(image).save(tmp_path / "img.png")
+    Image.fromarray(both).save(tmp_path / "both.png")
+    Image.fromarray(only_red).save(tmp_path / "red.png")
+    img, a, b = (str(tmp_path / n) for n in ("img.png", "both.png", "red.png"))
+    read = prepare_examples(_pairs([[img, a], [img, b]], "--example"))
+    assert set(read.labels[0][labels == 1].tolist()) == set(read.labels[1][labels == 1].tolist())  # red: one label
+    out = tmp_path / "out"
+    assert main(["incontext", img, "--example", img, a, "--example", img, b, "--checkpoint", str(checkpoint),
+                 "-o", str(out), "--no-overlay"]) == 0
+    expected = SegGptPredictor(model).predict(image, [(image, both), (image, only_red)]).labels
+    np.testing.assert_array_equal(pal.read_label_png(out / "img.png"), expected)
 
 
 def test_cli_errors_exit_2(checkpoint, sequence, tmp_path, capsys, monkeypatch):

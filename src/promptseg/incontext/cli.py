@@ -154,31 +154,22 @@ def _predictor(args: argparse.Namespace) -> Any:
 
 
 def _pairs(items: Sequence[Sequence[str]], option: str) -> List[Tuple[Any, Any]]:
-    from promptseg.incontext.palette import read_label_png
+    from promptseg.incontext.palette import as_label_map, read_mask_array
     from promptseg.io import read_image
 
     out = []
     for i, (img, mask) in enumerate(items):
-        image, labels = read_image(img), read_label_png(mask)
+        image, pixels = read_image(img), read_mask_array(mask)
+        labels, _ = as_label_map(pixels, name=f"mask {mask}")
         if image.shape[:2] != labels.shape:
             raise ValueError(f"{option} {img} {mask}: the image is {image.shape[1]}×{image.shape[0]} pixels but the "
                              f"mask is {labels.shape[1]}×{labels.shape[0]}")
         if not (labels > 0).any():
             raise ValueError(f"{option} {img} {mask}: the mask is empty (no pixel above 0)")
-        out.append((image, _colours_or(labels, mask)))
+        # an RGB(A) mask stays colours: one colour is one label in every example (numbered over all of them,
+        # a grey-only one among colour masks included, as the API does)
+        out.append((image, pixels if pixels.ndim == 3 else labels))
     return out
-
-
-def _colours_or(labels: Any, path: str) -> Any:
-    """The ``H×W×3`` colours of an RGB(A) mask PNG (numbered over all examples together, as the API does),
-    else its ``labels``."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.mode not in ("RGB", "RGBA"):
-            return labels
-        return np.asarray(im.convert("RGB"))
 
 
 def _targets(inputs: Sequence[str]) -> List[Path]:

@@ -301,6 +301,13 @@ def read_label_png(path: PathLike) -> np.ndarray:
     Palette PNGs (DAVIS) give their indices; grayscale gives its values, with a 0/255 binary mask read
     as {0, 1}; colour images give one label per distinct non-black colour (sorted RGB order).
     """
+    labels, _ = as_label_map(read_mask_array(path), name=f"mask {Path(path)}")
+    return labels
+
+
+def read_mask_array(path: PathLike) -> np.ndarray:
+    """A mask image's pixels for :func:`as_label_map`: palette indices, grey values or ``H×W×3`` RGB colours
+    (kept, so that masks read from several files can share one numbering by colour)."""
     from PIL import Image
 
     path = Path(path)
@@ -310,16 +317,13 @@ def read_label_png(path: PathLike) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             if im.mode == "P":
-                arr = np.asarray(im)
-            elif im.mode in ("RGB", "RGBA"):
-                arr = np.asarray(im.convert("RGB"))
-            elif im.mode.startswith("I"):
-                arr = np.asarray(im).astype(np.int64)
-            else:
-                arr = np.asarray(im.convert("L"))
+                return np.asarray(im)
+            if im.mode in ("RGB", "RGBA"):
+                return np.asarray(im.convert("RGB"))
+            if im.mode.startswith("I"):
+                return np.asarray(im).astype(np.int64)
+            return np.asarray(im.convert("L"))
     except OSError as err:
         if isinstance(err, (FileNotFoundError, PermissionError)):
             raise
         raise ValueError(f"cannot read mask {path}: {err}") from err
-    labels, _ = as_label_map(arr, name=f"mask {path}")
-    return labels

@@ -220,9 +220,13 @@ def prepare_examples(examples: Any, palette: Optional[np.ndarray] = None, allow_
                 labels[i], colour_sets[i] = colors_to_labels(mask, f"{_example_name(i, names)} mask")
     if not any((lab > 0).any() for lab in labels):
         raise ValueError("every example mask is empty: at least one must mark the object(s) to segment")
-    kinds = {c is None for c in colour_sets}
-    if len(kinds) > 1:
-        raise ValueError("examples mix label-map masks and colour masks; pass all as H×W labels or all as H×W×3 colours")
+    odd = next((i for i, c in enumerate(colour_sets) if (c is None) != (colour_sets[0] is None)), None)
+    if odd is not None:  # name the first example of the other kind than the first one's
+        kinds = ("a label map", "a colour mask") if colour_sets[0] is None else ("a colour mask", "a label map")
+        raise ValueError(
+            f"{_example_name(odd, names)} mask is {kinds[1]} but {_example_name(0, names)} mask is {kinds[0]}: "
+            "examples mix label-map masks and colour masks; pass all as H×W labels or all as H×W×3 colours"
+        )
     if colour_sets[0] is not None:  # colour masks: labels follow the palette, by default their sorted colours
         union = np.unique(np.vstack(colour_sets), axis=0) if palette is None else as_palette(palette)
         for i, colors in enumerate(colour_sets):
