@@ -236,11 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points-per-side", type=int, default=16, metavar="N",
                    help="point grid of the automatic masks (default 16: §D.2's grid; 32 is the reference's)")
     # The reference's 0.88 / 0.95 suit the official models; the small default model, trained on synthetic
-    # scenes only, is far less confident on photos (docs/default_model.md), so the demo keeps more.
-    p.add_argument("--pred-iou-thresh", type=float, default=0.35, metavar="T",
-                   help="automatic masks: predicted-IoU filter (default 0.35; the reference uses 0.88)")
-    p.add_argument("--stability-thresh", type=float, default=0.35, metavar="T",
-                   help="automatic masks: stability-score filter (default 0.35; the reference uses 0.95)")
+    # scenes only, is far less confident on photos (docs/default_model.md): hub.DEFAULT_MODEL_AMG_FILTERS.
+    p.add_argument("--pred-iou-thresh", type=float, default=None, metavar="T",
+                   help="automatic masks: predicted-IoU filter (default 0.35 with the bundled model, else the "
+                        "reference's 0.88)")
+    p.add_argument("--stability-thresh", type=float, default=None, metavar="T",
+                   help="automatic masks: stability-score filter (default 0.35 with the bundled model, else the "
+                        "reference's 0.95)")
     p.set_defaults(func=cmd_demo)
 
     for module in SUBCOMMAND_MODULES:  # data, train, eval: each registers its own sub-command
@@ -554,6 +556,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from promptseg import io
     from promptseg.amg import SamAutomaticMaskGenerator
     from promptseg.amg.outputs import render_masks_overlay, write_png
+    from promptseg.hub import DEFAULT_MODEL_AMG_FILTERS
 
     photos = io.sample_images()
     if not photos:
@@ -561,11 +564,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model = _load_model(args)
     out = _output_dir(args.output)
     # automatic masks (§B): a point grid, filtered by predicted IoU and stability, then NMS
+    filters = {"pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_thresh}
+    defaults = DEFAULT_MODEL_AMG_FILTERS if args.checkpoint is None else {}
+    filters = {k: defaults[k] if v is None and k in defaults else v for k, v in filters.items()}
     generator = SamAutomaticMaskGenerator(
         model,
         points_per_side=args.points_per_side,
-        pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_thresh,
+        **{k: v for k, v in filters.items() if v is not None},  # else the generator's (the reference's)
     )
     predictor = generator.predictor  # one encoding per photo serves the click, the box and the automatic masks
     lines: List[str] = []

@@ -12,6 +12,12 @@ from promptseg.checkpoint import PathLike
 
 DEFAULT_MODEL_FILE = "sam_default.safetensors"
 
+#: Automatic-mask filters for the bundled default model. Its predicted-IoU and stability scores are calibrated
+#: on synthetic scenes only, so on photos the reference's 0.88 / 0.95 (fit for the official models) keep next
+#: to nothing (docs/default_model.md, "Limits"); ``promptseg demo`` and ``promptseg amg`` use these instead
+#: when no checkpoint is given and the user sets no filter.
+DEFAULT_MODEL_AMG_FILTERS: Dict[str, float] = {"pred_iou_thresh": 0.35, "stability_score_thresh": 0.35}
+
 
 class NoDefaultModelError(FileNotFoundError):
     """No checkpoint was given and this installation bundles no default model."""

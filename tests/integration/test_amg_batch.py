@@ -341,8 +341,8 @@ def test_cli_usage_errors(tmp_path, capsys, helpers, checkpoint):
     assert "device nonsense cannot be used on this machine" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags,expected", [([], True), (["--no-tune-allocator"], False)])
-def test_cli_tunes_the_allocator_of_its_workers_unless_told_not_to(tmp_path, checkpoint, monkeypatch, flags, expected):
+def _factory_of_cli(tmp_path, monkeypatch, flags):
+    """The GeneratorFactory ``promptseg amg IN -o OUT *flags`` builds (the run itself is skipped)."""
     from types import SimpleNamespace
 
     from promptseg.amg import cli
@@ -355,9 +355,15 @@ def test_cli_tunes_the_allocator_of_its_workers_unless_told_not_to(tmp_path, che
 
     monkeypatch.setattr(cli, "_run", fake_run)
     (tmp_path / "in").mkdir()
-    assert cli.main([str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--checkpoint", str(checkpoint), *flags]) == 0
-    assert seen["factory"].tune_allocator is expected
-    assert "tune_allocator" not in seen["factory"].settings()  # the masks do not depend on it
+    assert cli.main([str(tmp_path / "in"), "-o", str(tmp_path / "o"), *flags]) == 0
+    return seen["factory"]
+
+
+@pytest.mark.parametrize("flags,expected", [([], True), (["--no-tune-allocator"], False)])
+def test_cli_tunes_the_allocator_of_its_workers_unless_told_not_to(tmp_path, checkpoint, monkeypatch, flags, expected):
+    factory = _factory_of_cli(tmp_path, monkeypatch, ["--checkpoint", str(checkpoint), *flags])
+    assert factory.tune_allocator is expected
+    assert "tune_allocator" not in factory.settings()  # the masks do not depend on it
 
 
 @pytest.mark.parametrize("flags,expected", [([], False), (["--force"], True)])
@@ -518,3 +524,24 @@ def test_ray_engine_matches_local(tmp_path, helpers, factory):
         assert x.read_bytes() == y.read_bytes(), f"{x.name} differs between the local and the Ray engine"
     workers = {json.loads(m.read_text())["worker"] for m in (tmp_path / "ray" / STATE_DIR / "done").rglob("*.json")}
     assert f"{socket.gethostname()}:{os.getpid()}" not in workers  # written by Ray actors, not this process
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ([], {"pred_iou_thresh": 0.35, "stability_score_thresh": 0.35}),
+    (["--preset", "sa1b"], {"pred_iou_thresh": 0.35, "stability_score_thresh": 0.35}),
+    (["--pred-iou-thresh", "0.9"], {"pred_iou_thresh": 0.9, "stability_score_thresh": 0.35}),
+    (["--preset", "edges"], {}),  # a preset without filters keeps none
+    (["--checkpoint", "CKPT"], {}),  # a checkpoint of the user's: the reference's filters
+])
+def test_cli_filters_suit_the_bundled_model_when_no_checkpoint_is_given(tmp_path, checkpoint, monkeypatch, capsys,
+                                                                         flags, expected):
+    """The bundled model's scores are calibrated on synthetic scenes: with the reference's 0.88 / 0.95 the README's
+    `promptseg amg photos/ -o out` kept no mask at all on the sample photos."""
+    from promptseg.hub import DEFAULT_MODEL_AMG_FILTERS
+
+    assert DEFAULT_MODEL_AMG_FILTERS == {"pred_iou_thresh": 0.35, "stability_score_thresh": 0.35}
+    flags = [str(checkpoint) if f == "CKPT" else f for f in flags]
+    options = _factory_of_cli(tmp_path, monkeypatch, flags).options
+    assert {k: v for k, v in options.items() if k in ("pred_iou_thresh", "stability_score_thresh")} == expected
+    assert ("the bundled default model" in capsys.readouterr().err) is ("stability_score_thresh" in expected and
+                                                                        "--checkpoint" not in flags)

@@ -367,6 +367,29 @@ def test_demo_writes_overlays(files, capsys, tmp_path):
     assert "photo" in err  # the progress bar
 
 
+@pytest.mark.parametrize("flags,expected", [
+    ([], {"pred_iou_thresh": 0.35, "stability_score_thresh": 0.35}),  # the bundled model: hub.DEFAULT_MODEL_AMG_FILTERS
+    (["--stability-thresh", "0.5"], {"pred_iou_thresh": 0.35, "stability_score_thresh": 0.5}),
+    (["--checkpoint", "CKPT"], {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}),  # the reference's
+])
+def test_demo_automatic_mask_filters(files, capsys, tmp_path, monkeypatch, flags, expected):
+    """0.35 suits the bundled model only; an official checkpoint given to the demo keeps the reference's filters."""
+    import promptseg.amg
+
+    seen = []
+
+    class Recording(promptseg.amg.SamAutomaticMaskGenerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append({"pred_iou_thresh": self.pred_iou_thresh, "stability_score_thresh": self.stability_score_thresh})
+
+    monkeypatch.setattr(promptseg.amg, "SamAutomaticMaskGenerator", Recording)
+    flags = [files["ckpt"] if f == "CKPT" else f for f in flags]
+    code, _, err = run(capsys, "demo", "-o", tmp_path / "demo", "--points-per-side", "2", *flags)
+    assert code == 0, err
+    assert seen == [expected]
+
+
 # --------------------------------------------------------------------------------------------- user errors
 def test_unusable_device(files, capsys, tmp_path):
     code, _, err = run(capsys, "segment", files["image"], "--point", "5,5", "--checkpoint", files["ckpt"],

@@ -158,10 +158,20 @@ def cmd_amg(args: argparse.Namespace) -> int:
     if args.ray_address and args.engine != "ray":
         raise ValueError("--ray-address needs --engine ray")
     threads = args.threads if args.threads is not None else (1 if args.engine == "ray" else None)
+    options = generator_options(args)
+    if args.checkpoint is None and args.preset in ("default", "sa1b"):  # presets that filter as the reference
+        from promptseg.hub import DEFAULT_MODEL_AMG_FILTERS
+
+        bundled = {k: v for k, v in DEFAULT_MODEL_AMG_FILTERS.items() if k not in options}
+        if bundled and not args.quiet:
+            print(f"the bundled default model: {', '.join(f'{k} {v}' for k, v in bundled.items())} (its scores are "
+                  "calibrated on synthetic scenes; see docs/default_model.md); set the options to change",
+                  file=sys.stderr)
+        options.update(bundled)
     factory = GeneratorFactory(
         checkpoint=args.checkpoint,
         generator=args.generator,
-        options=generator_options(args),
+        options=options,
         preset=args.preset,
         device=args.device,
         dtype=args.dtype,
