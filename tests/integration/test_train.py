@@ -192,6 +192,49 @@ def test_fresh_run_refuses_an_output_directory_with_checkpoints(tmp_path):
         Trainer(make_config(tmp_path, max_steps=4))
 
 
+def test_keep_checkpoints_never_prunes_the_checkpoint_just_written(tmp_path):
+    """Resumed from step 1 of a run that went on to step 4: the checkpoints of steps 3–4 (the abandoned
+    continuation) are pruned before the one just written, which ``--resume`` must find next."""
+    train(make_config(tmp_path, checkpoint_every=1, keep_checkpoints=0))
+    resumed = train(make_config(tmp_path, max_steps=2, checkpoint_every=1, keep_checkpoints=1),
+                    resume=tmp_path / "checkpoints" / "step_00000001.pt")
+    assert resumed.last_checkpoint == tmp_path / "checkpoints" / "step_00000002.pt"
+    assert list_checkpoints(tmp_path) == [resumed.last_checkpoint]
+
+
+def test_a_second_train_call_keeps_the_metrics_of_the_first(tmp_path):
+    trainer = Trainer(make_config(tmp_path / "a", max_steps=3))
+    trainer.train(max_steps=2)
+    trainer.train()
+    reference = train(make_config(tmp_path / "b", max_steps=3))
+    assert [r["step"] for r in read_metrics(tmp_path / "a")] == ["1", "2", "3"]
+    assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
+    assert [r["loss"] for r in read_metrics(tmp_path / "a")] == [repr(r["loss"]) for r in reference.history]
+
+
+def test_progress_bar_shows_the_loss_of_the_step_it_counts(tmp_path, monkeypatch):
+    import tqdm.auto
+
+    shown = []
+
+    class Bar:
+        def __init__(self, *args, **kwargs):
+            self.postfix = {}
+
+        def set_postfix(self, refresh=True, **kwargs):
+            self.postfix = kwargs
+
+        def update(self, n=1):
+            shown.append(self.postfix.get("loss"))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    result = train(make_config(tmp_path, max_steps=2, progress=True))
+    assert shown == [f"{row['loss']:.4f}" for row in result.history]
+
+
 def test_bf16_decoder_only_finetuning_from_a_checkpoint(tmp_path):
     first = train(make_config(tmp_path / "a", max_steps=1))
     cfg = make_config(tmp_path / "b", model={"checkpoint": str(first.model_path)}, mode="decoder", bf16=True,

@@ -120,3 +120,28 @@ def test_compose_reseed_with_a_numpy_integer_is_deterministic():
     # numpy integers (e.g. base_seed + worker_id from a numpy array) used to reseed from OS entropy
     np.testing.assert_array_equal(run(np.int64(7)), run(np.int64(7)))
     np.testing.assert_array_equal(run(np.int64(7)), run(7))
+
+
+@pytest.mark.parametrize("seed", [[7, 1], (7, 1), "seed sequence"])
+def test_compose_reseed_with_a_seed_sequence_or_a_list_is_deterministic(seed):
+    """``[base_seed, worker_id]`` and SeedSequences (as numpy.random.default_rng takes) reseeded from OS entropy."""
+    item = labelled_item()
+
+    def run():
+        pipeline = Compose([LargeScaleJitter(48), RandomHorizontalFlip()])
+        pipeline.reseed(np.random.SeedSequence([7, 1]) if seed == "seed sequence" else seed)
+        return pipeline(item)["image"], pipeline.transforms[1].rng.random()
+
+    (a, flip_a), (b, flip_b) = run(), run()
+    np.testing.assert_array_equal(a, b)
+    assert flip_a == flip_b
+    with pytest.raises(TypeError, match="1.5"):
+        Compose([LargeScaleJitter(48)]).reseed(1.5)
+
+
+@pytest.mark.parametrize("make", [lambda: RandomHorizontalFlip(p=float("nan")), lambda: RandomHorizontalFlip(p=1.5),
+                                  lambda: RandomHorizontalFlip(p=-0.1),
+                                  lambda: LargeScaleJitter(64, scale=(0.1, float("inf")))])
+def test_out_of_range_probability_and_scale_are_named_errors(make):
+    with pytest.raises(ValueError, match="p must be a probability|scale must be"):
+        make()

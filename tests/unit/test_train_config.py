@@ -106,3 +106,8 @@ def test_dataset_registry():
     assert item["masks"].dtype == bool and item["masks"].shape[1:] == (48, 64) and len(item["masks"]) >= 1
     with pytest.raises(ValueError, match="already registered"):
         register_dataset("synthetic-shapes", SyntheticShapes)
+
+
+def test_sa1b_dataset_with_an_empty_list_of_roots_is_a_named_error():
+    with pytest.raises(ValueError, match="sa1b: root .* non-empty list"):  # was an AssertionError of ConcatDataset
+        build_dataset("sa1b", {"root": []})

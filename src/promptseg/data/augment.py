@@ -10,8 +10,10 @@
 
 Random transforms take a :class:`numpy.random.Generator` (or a seed) at construction, and ``__call__``
 accepts ``rng=`` to override it for one call, so results are reproducible. With a multi-worker
-``DataLoader`` each worker gets a copy of the generator: call ``transform.reseed(base_seed + worker_id)``
-in ``worker_init_fn`` so that workers do not repeat each other.
+``DataLoader`` each worker gets a copy of the generator, made anew every epoch: call
+``transform.reseed(torch.utils.data.get_worker_info().seed)`` (the loader's base seed of this epoch plus the
+worker id) in ``worker_init_fn`` so that workers do not repeat each other and epochs differ (a fixed
+``seed + worker_id`` repeats the same augmentations every epoch).
 
 Resizing uses OpenCV (``pip install promptseg[cv]``); image resampling is area-averaging when shrinking
 and bilinear when enlarging, and masks are resampled the same way and thresholded at one half, so a
@@ -94,8 +96,8 @@ class LargeScaleJitter(_Random):
         if output_size < 1:
             raise ValueError(f"output_size must be positive, got {output_size}")
         lo, hi = (float(s) for s in scale)
-        if not 0 < lo <= hi:
-            raise ValueError(f"scale must be (low, high) with 0 < low ≤ high, got {scale}")
+        if not 0 < lo <= hi < float("inf"):
+            raise ValueError(f"scale must be (low, high) with 0 < low ≤ high < inf, got {scale}")
         self.output_size, self.scale = int(output_size), (lo, hi)
         self.pad_value, self.min_area = pad_value, int(min_area)
 
@@ -146,6 +148,8 @@ class RandomHorizontalFlip(_Random):
     def __init__(self, p: float = 0.5, rng: RngLike = None) -> None:
         super().__init__(rng)
         self.p = float(p)
+        if not 0.0 <= self.p <= 1.0:  # NaN too (it flipped every item)
+            raise ValueError(f"p must be a probability in [0, 1], got {p}")
 
     def __call__(self, item: Item, rng: RngLike = None) -> Item:
         g = self.rng if rng is None else _rng(rng)
@@ -184,9 +188,10 @@ class Compose:
         return item
 
     def reseed(self, seed: RngLike) -> None:
-        base = np.random.SeedSequence(seed if isinstance(seed, (int, np.integer)) else None) if not isinstance(
-            seed, np.random.Generator
-        ) else None
+        if isinstance(seed, np.random.Generator):
+            base = None
+        else:  # an int, a sequence of ints ([seed, worker_id]) or a SeedSequence, as numpy.random.default_rng takes
+            base = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
         for i, t in enumerate(self.transforms):
             if hasattr(t, "reseed"):
                 if base is not None:

@@ -193,7 +193,10 @@ def sa1b(root: Union[str, Sequence[str]], pattern: str = "sa_*.json", min_area: 
     """``promptseg.data.SA1BDataset`` over one folder or several (concatenated): ``sa_N.jpg`` + ``sa_N.json``."""
     from promptseg.data.sa1b import SA1BDataset
 
-    return _concat([SA1BDataset(r, pattern=pattern, min_area=min_area) for r in _paths(root)])
+    roots = _paths(root)
+    if not roots:
+        raise ValueError("sa1b: root must be a folder or a non-empty list of folders, got []")
+    return _concat([SA1BDataset(r, pattern=pattern, min_area=min_area) for r in roots])
 
 
 def coco(images_dir: str, annotations_json: str, include_crowd: bool = False, min_area: int = 0) -> Any:

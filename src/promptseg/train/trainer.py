@@ -651,8 +651,8 @@ class Trainer:
                 state["average"] = self.average.state_dict()
             atomic_write(path, lambda tmp: torch.save(state, tmp), durable=True)  # resume needs it whole
             keep = self.config.keep_checkpoints
-            if keep:
-                for old in list_checkpoints(self.out_dir)[:-keep]:
+            if keep:  # those of later steps, left by a run resumed from an earlier one, go first: never this one
+                for old in sorted(list_checkpoints(self.out_dir), key=lambda p: p.name <= path.name)[:-keep]:
                     old.unlink(missing_ok=True)
         if self.dist.enabled:
             dist.barrier()
@@ -687,7 +687,7 @@ class Trainer:
         atomic_write(self.out_dir / "config.json", lambda tmp: Path(tmp).write_text(text))
         csv_path = self.out_dir / "metrics.csv"
         rows: List[List[str]] = []
-        if self.resume_from is not None and csv_path.is_file():  # drop rows of steps after the checkpoint
+        if (self.resume_from is not None or self.step > 0) and csv_path.is_file():  # drop rows after this step
             with open(csv_path, newline="") as f:
                 reader = csv.reader(f)
                 next(reader, None)
@@ -775,8 +775,8 @@ class Trainer:
                 result.history.append(row)
                 if not all(math.isfinite(row[k]) for k in self.metric_names):
                     raise FloatingPointError(f"non-finite loss at step {self.step}: {row}")
-                bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", miou=f"{row['miou']:.3f}", refresh=False)
+                bar.update(1)  # shows this step's postfix
                 if self.step % cfg.log_every == 0 or self.step == total:
                     self._log(row)
                 if self.step % cfg.checkpoint_every == 0 or self.step == total:
