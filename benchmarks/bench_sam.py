@@ -64,6 +64,7 @@ def parallel_probe(products: int = 200, repeats: int = 15) -> Dict[str, float]:
     return {"threads": threads, "threads_us": many, "one_thread_us": one, "ratio": many / one}
 
 
+PARITY_TOLERANCE = 1e-4  # float32 promptseg against the reference: max |Δ| of embeddings and mask logits
 DEGRADED_RATIO = 1.4  # probe ratio above which the process is in the slow state (≈ 0.9 normal, 1.8–2.5 degraded)
 
 
@@ -165,8 +166,8 @@ def main(argv: List[str] | None = None) -> int:
         results["encoder/reference"] = timed(lambda: ref.image_encoder(x), enc_repeats)
         results["encoder/promptseg-fp32"] = timed(lambda: ours32.image_encoder(x), enc_repeats)
         results["encoder/promptseg-bf16"] = timed(lambda: ours16.image_encoder(x.bfloat16()), enc_repeats)
-        diff = (ref.image_encoder(x) - ours32.image_encoder(x)).abs().max().item()
-        print(f"encoder fp32 max |Δ| vs reference: {diff:.2e}", flush=True)
+        parity = {"encoder": (ref.image_encoder(x) - ours32.image_encoder(x)).abs().max().item()}
+        print(f"encoder fp32 max |Δ| vs reference: {parity['encoder']:.2e}", flush=True)
 
         # ---- predictors on the same image
         rp, p32, p16, pm = RefPredictor(ref), SamPredictor(ours32), SamPredictor(ours16), SamPredictor(mixed)
@@ -182,7 +183,8 @@ def main(argv: List[str] | None = None) -> int:
         probes["after predict"] = parallel_probe()
         a = rp.predict(point, label, return_logits=True)[0]
         b = p32.predict(point, label, return_logits=True)[0]
-        print(f"predict fp32 max |Δlogit| vs reference: {np.abs(a - b).max():.2e}", flush=True)
+        parity["predict"] = float(np.abs(a - b).max())
+        print(f"predict fp32 max |Δlogit| vs reference: {parity['predict']:.2e}", flush=True)
 
         rng = np.random.default_rng(1)
         pts = np.stack([rng.uniform(0, w, args.prompts), rng.uniform(0, h, args.prompts)], 1)[:, None, :]
@@ -193,7 +195,8 @@ def main(argv: List[str] | None = None) -> int:
         results["batch/promptseg-bf16"] = timed(lambda: p16.predict_torch(coords, labels), max(3, dec_repeats // 4))
         ra = rp.predict_torch(coords, labels, return_logits=True)[0]
         rb = p32.predict_torch(coords, labels, return_logits=True)[0]
-        print(f"batch fp32 max |Δlogit| vs reference: {(ra - rb).abs().max().item():.2e}", flush=True)
+        parity["batch"] = (ra - rb).abs().max().item()
+        print(f"batch fp32 max |Δlogit| vs reference: {parity['batch']:.2e}", flush=True)
 
         # ---- bf16 mask quality against float32 (whole pipeline: encoder + decoder in bf16)
         n_quality = min(16, args.prompts)
@@ -207,7 +210,10 @@ def main(argv: List[str] | None = None) -> int:
               f"min {np.min(ious_mixed):.4f}", flush=True)
 
     probes["end"] = parallel_probe()
+    parity_ok = max(parity.values()) <= PARITY_TOLERANCE
     print()
+    diffs = ", ".join(f"{k} {v:.2e}" for k, v in parity.items())
+    print(f"float32 parity with the reference (max |Δ| ≤ {PARITY_TOLERANCE:.0e}): {'met' if parity_ok else 'NOT MET'} ({diffs})")
     for name, probe in probes.items():
         print(describe_probe(name, probe))
     print(f"{'measurement':32s} {'median':>10s} {'first':>10s} {'vs reference':>13s}")
@@ -217,7 +223,8 @@ def main(argv: List[str] | None = None) -> int:
         print(f"{key:32s} {r['median_s'] * 1e3:9.1f}ms {r['first_s'] * 1e3:9.1f}ms {ratio:12.2f}×")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": results, "process_probe": probes, "tune_allocator": args.tune_allocator, "bf16_iou_mean": float(np.mean(ious)), "bf16_iou_min": float(np.min(ious)),
+            json.dump({"results": results, "parity": parity, "parity_tolerance": PARITY_TOLERANCE,
+                       "parity_ok": parity_ok, "process_probe": probes, "tune_allocator": args.tune_allocator, "bf16_iou_mean": float(np.mean(ious)), "bf16_iou_min": float(np.min(ious)),
                        "bf16enc_iou_mean": float(np.mean(ious_mixed)), "bf16enc_iou_min": float(np.min(ious_mixed))},
                       f, indent=2)
     return 0

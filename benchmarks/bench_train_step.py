@@ -5,8 +5,9 @@
 
 Run it first in a GPU session, before a long training run: it prints (1) the data pipeline alone —
 per item in this process and per batch through a ``DataLoader`` with the config's workers, pinned and not;
-(2) the image encoder's forward + backward on one batch; (3) whole training steps (the §A simulated
-session with the config's rounds, then with fewer) on that same batch, with the peak device memory;
+(2) the image encoder's forward + backward on one batch (forward only where the config freezes it);
+(3) whole training steps (the §A simulated session with the config's rounds, then with fewer) on that
+same batch, with the peak device memory;
 (4) one round's loss through the fused focal/dice kernel and through the plain functions, with the ratio.
 The slowest of (1) and (3) bounds the steps per second of ``promptseg train``. There is no reference
 trainer to compare against (segment-anything ships none), so the numbers are absolute.
@@ -102,13 +103,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"step: {len(on_device['targets'])} masks from {len(on_device['images'])} images, bf16={cfg.bf16}")
     with autocast():
         x = torch.stack([sam.preprocess(im) for im in on_device["images"]])
+    frozen = "image_encoder" in model.frozen  # training runs it forward only, without gradients
     for i in range(args.steps + 1):
         t = now()
-        with autocast():
+        with autocast(), torch.no_grad() if frozen else contextlib.nullcontext():
             emb = sam.image_encoder(x)
-        emb.float().square().mean().backward()
+        if not frozen:
+            emb.float().square().mean().backward()
         if i:
-            print(f"step: image encoder forward + backward {now() - t:.3f} s")
+            what = "forward (frozen by the config)" if frozen else "forward + backward"
+            print(f"step: image encoder {what} {now() - t:.3f} s")
     opt.zero_grad(set_to_none=True)
     for rounds in sorted({cfg.rounds, max(1, cfg.rounds // 2)}, reverse=True):
         model.rounds = rounds
