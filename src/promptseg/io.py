@@ -48,15 +48,17 @@ class MissingDependencyError(ImportError):
 
 def optional_import(module: str, needed_for: str, package: str, extra: str) -> Any:
     """``importlib.import_module(module)``; when missing, a :class:`MissingDependencyError` saying
-    ``"<needed_for> needs <package>, which is not installed: pip install promptseg[<extra>]"``."""
+    ``"<needed_for> needs <package>, which is not installed: pip install promptseg[<extra>]"``. When it is
+    installed but fails to import (a missing system library or dependency of its own), the message says so
+    and gives the import error instead of "not installed"."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise MissingDependencyError(
-            f"{needed_for} needs {package}, which is not installed: pip install promptseg[{extra}]"
-        ) from err
+        absent = isinstance(err, ModuleNotFoundError) and f"{module}.".startswith(f"{err.name}.")
+        state = "which is not installed" if absent else f"which fails to import ({err})"
+        raise MissingDependencyError(f"{needed_for} needs {package}, {state}: pip install promptseg[{extra}]") from err
 
 
 def _pycocotools_mask() -> Any:

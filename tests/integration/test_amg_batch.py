@@ -275,6 +275,34 @@ def test_rerun_with_other_settings_leaves_no_stale_format(tmp_path):
     assert run_batch([tmp_path / "in"], out, lambda: _Squares(1), settings={"v": 2}, progress=False).skipped == 1
 
 
+@pytest.mark.parametrize("module, formats, expected", [
+    ("pycocotools.mask", ["png", "sa1b"], r"^COCO RLE needs pycocotools, .*promptseg\[coco\]$"),
+    ("pycocotools.mask", ["coco"], r"^COCO RLE needs pycocotools, .*promptseg\[coco\]$"),
+    ("cv2", ["overlay", "geojson"], r"^polygons and GeoJSON needs OpenCV, .*promptseg\[cv\]$"),
+])
+def test_a_format_whose_dependency_is_missing_fails_before_any_image(tmp_path, monkeypatch, module, formats, expected):
+    """Without pycocotools or OpenCV (a plain `pip install promptseg`, whose `promptseg amg` writes every format
+    by default) each image went through the encoder and then failed: a job of N images did N encodings for
+    N failures. As the ray engine, the run now stops first, naming the extra."""
+    from PIL import Image
+
+    from promptseg.io import MissingDependencyError
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.full((10, 12, 3), 7, np.uint8)).save(tmp_path / "in" / "a.png")
+    built = []
+
+    def factory():
+        built.append(1)
+        return _Squares(2)
+
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(MissingDependencyError, match=expected):
+        run_batch([tmp_path / "in"], tmp_path / "out", factory, formats, progress=False)
+    assert not built and not (tmp_path / "out").exists()
+    assert run_batch([tmp_path / "in"], tmp_path / "out", factory, ["png", "overlay"], progress=False).done == 1
+
+
 class _OutOfMemory:
     def generate(self, image):
         raise RuntimeError("out of memory")

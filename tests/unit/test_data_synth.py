@@ -265,3 +265,16 @@ def test_generate_dataset_leaves_the_callers_opencv_threads(tmp_path):
         assert not synth._WORKER
     finally:
         cv2.setNumThreads(before)
+
+
+def test_generate_dataset_without_opencv_names_the_extra_and_writes_nothing(tmp_path, monkeypatch):
+    """Without OpenCV, generation wrote synth_meta.json and then failed with a bare ModuleNotFoundError
+    (docs/data.md: a missing dependency is reported with the command to install it)."""
+    import sys
+
+    from promptseg.io import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    with pytest.raises(MissingDependencyError, match=r"^scene generation needs OpenCV, .*promptseg\[cv\]$"):
+        generate_dataset(tmp_path / "out", 1, config=SHAPES)
+    assert not (tmp_path / "out").exists()

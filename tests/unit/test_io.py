@@ -56,12 +56,40 @@ def test_rle_uncompressed_counts_and_bad_input():
          r"^drawing dataset figures needs matplotlib, .*promptseg\[train\]$"),
         ("segment_anything.modeling", lambda: __import__("promptseg.models.sam.reference", fromlist=["x"])
          ._segment_anything_modeling(), r"^the reference SAM needs segment-anything, .*promptseg\[dev\]$"),
+        # these imported cv2 bare: a ModuleNotFoundError traceback from the CLI, no extra named
+        ("cv2", lambda: __import__("promptseg.data.synth", fromlist=["x"]).generate_scene(
+            0, 0, __import__("promptseg.data.synth", fromlist=["x"]).SynthConfig(size=32, emoji=False, use_photos=False)),
+         r"^scene generation needs OpenCV, .*promptseg\[cv\]$"),
+        ("cv2", lambda: __import__("promptseg.data.stats", fromlist=["x"]).concavity(np.ones((4, 4), bool)),
+         r"^concavity needs OpenCV, .*promptseg\[cv\]$"),
+        ("cv2", lambda: __import__("promptseg.eval.protocols", fromlist=["x"]).center_point(np.ones((4, 4), bool)),
+         r"^click placement needs OpenCV, .*promptseg\[cv\]$"),
+        ("cv2", lambda: __import__("promptseg.eval.grabcut", fromlist=["x"]).grabcut_from_box(
+            np.zeros((8, 8, 3), np.uint8), np.array([1, 1, 6, 6])), r"^the GrabCut baseline needs OpenCV, .*promptseg\[cv\]$"),
     ],
 )
 def test_missing_optional_dependencies_name_the_feature_and_the_extra(monkeypatch, module, call, expected):
     monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(io.MissingDependencyError, match=expected):
         call()
+
+
+@pytest.mark.parametrize("body, cause", [
+    ("raise ImportError('libGL.so.1: cannot open shared object file: No such file or directory')", "libGL.so.1"),
+    ("import promptseg_no_such_module_of_its_own", "No module named 'promptseg_no_such_module_of_its_own'"),
+])
+def test_an_installed_dependency_that_fails_to_import_is_not_called_missing(tmp_path, monkeypatch, body, cause):
+    """opencv-python (not -headless) on a server without libGL raises ImportError at import: the message said
+    "which is not installed" and the CLI, which prints the message only, hid the real cause."""
+    (tmp_path / "promptseg_broken_dep").mkdir()
+    (tmp_path / "promptseg_broken_dep" / "__init__.py").write_text(body + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(io.MissingDependencyError, match=r"^polygons needs OpenCV, which fails to import \(.*") as info:
+        io.optional_import("promptseg_broken_dep", "polygons", "OpenCV", "cv")
+    assert cause in str(info.value) and "not installed" not in str(info.value)
+    monkeypatch.setitem(sys.modules, "promptseg_broken_dep", None)
+    with pytest.raises(io.MissingDependencyError, match=r"^polygons needs OpenCV, which is not installed: pip"):
+        io.optional_import("promptseg_broken_dep.sub", "polygons", "OpenCV", "cv")
 
 
 def test_rle_without_pycocotools_names_the_extra(monkeypatch):

@@ -588,6 +588,19 @@ def _import_ray() -> Any:
     return optional_import("ray", "the ray engine", "Ray", "ray")
 
 
+def _import_format_dependencies(formats: Sequence[str]) -> None:
+    """Fail now, not after every image has been through the encoder, when ``formats`` need a missing
+    optional package: pycocotools for the RLE of ``sa1b`` and ``coco``, OpenCV for ``geojson``."""
+    if "sa1b" in formats or "coco" in formats:
+        from promptseg.io import _pycocotools_mask
+
+        _pycocotools_mask()
+    if "geojson" in formats:
+        from promptseg.amg.outputs import _cv2
+
+        _cv2()
+
+
 def _run_ray(
     todo: Sequence[ImageTask],
     factory: Callable[[], Any],
@@ -820,6 +833,7 @@ def run_batch(
         geotransform = _geotransform(geotransform)
     if engine == "ray":
         _import_ray()
+    _import_format_dependencies(formats)
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -26,7 +26,9 @@ SUMMARY = "stats.json"
 
 def concavity(mask: np.ndarray) -> float:
     """``1 − area / convex hull area`` of a bool mask (0 for a convex shape; 0 for an empty mask)."""
-    import cv2
+    from promptseg.io import optional_import
+
+    cv2 = optional_import("cv2", "concavity", "OpenCV", "cv")
 
     ys, xs = np.nonzero(mask)
     if ys.size == 0:

@@ -85,6 +85,12 @@ class EmojiFontNotFoundError(FileNotFoundError):
     """The colour emoji font is not installed."""
 
 
+def _cv2() -> Any:
+    from promptseg.io import optional_import
+
+    return optional_import("cv2", "scene generation", "OpenCV", "cv")
+
+
 # ================================================================================================ emoji
 def find_emoji_font(path: Optional[PathLike] = None) -> Path:
     """The Noto Color Emoji font: ``path`` if given, else ``$PROMPTSEG_EMOJI_FONT``, else the usual places."""
@@ -231,7 +237,7 @@ def read_categories_file(path: PathLike, available: Iterable[int]) -> Tuple[int,
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    import cv2
+    cv2 = _cv2()
 
     padded = np.pad(mask, 1).astype(np.uint8)
     flood = np.zeros((padded.shape[0] + 2, padded.shape[1] + 2), np.uint8)
@@ -250,7 +256,7 @@ def emoji_sprite(cp: int, font_path: str) -> Tuple[np.ndarray, Tuple[Tuple[np.nd
     ``parts`` are ``(mask, parent)`` pairs, larger first: ``mask`` is a bool array the size of ``rgba``,
     ``parent`` the index of the enclosing part in the tuple or -1 for the whole emoji.
     """
-    import cv2
+    cv2 = _cv2()
 
     rgba = _render(cp, font_path)
     ys, xs = np.nonzero(rgba[..., 3])
@@ -449,7 +455,7 @@ def _random_color(rng: np.random.Generator) -> np.ndarray:
 
 
 def _value_noise(h: int, w: int, rng: np.random.Generator, octaves: int = 4) -> np.ndarray:
-    import cv2
+    cv2 = _cv2()
 
     out = np.zeros((h, w), np.float32)
     amp, total = 1.0, 0.0
@@ -466,7 +472,7 @@ def _value_noise(h: int, w: int, rng: np.random.Generator, octaves: int = 4) -> 
 
 
 def _photo_crop(h: int, w: int, rng: np.random.Generator, photos: List[np.ndarray], frac: Tuple[float, float]) -> np.ndarray:
-    import cv2
+    cv2 = _cv2()
 
     photo = photos[int(rng.integers(len(photos)))]
     ph, pw = photo.shape[:2]
@@ -557,7 +563,7 @@ class _Object:
 def _affine_warp(arrays: List[np.ndarray], sx: float, sy: float, angle: float) -> List[np.ndarray]:
     """Scale by (sx, sy) then rotate by ``angle`` degrees about the centre; output sized to fit, all
     arrays (same h×w, float32) warped identically."""
-    import cv2
+    cv2 = _cv2()
 
     h, w = arrays[0].shape[:2]
     if sx < 0.75 or sy < 0.75:  # area-average the big shrink first: no aliasing
@@ -608,7 +614,7 @@ def _emoji_object(cp: int, long_side: float, rng: np.random.Generator, res: Reso
 
 def _shape_alpha(kind: str, long_side: float, rng: np.random.Generator) -> np.ndarray:
     """Anti-aliased alpha of a random polygon / blob / stroke, drawn 4× supersampled."""
-    import cv2
+    cv2 = _cv2()
     from PIL import Image, ImageDraw
 
     ss = 4
@@ -664,7 +670,7 @@ def _shape_alpha(kind: str, long_side: float, rng: np.random.Generator) -> np.nd
 
 def _camouflage(h: int, w: int, rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
     """A texture cut from elsewhere in the background, slightly changed: an object that blends in."""
-    import cv2
+    cv2 = _cv2()
 
     size = background.shape[0]
     ch, cw = min(size, max(4, h)), min(size, max(4, w))
@@ -774,7 +780,7 @@ def _plan_objects(rng: np.random.Generator, res: Resources, config: SynthConfig,
 
 def generate_scene(index: int, seed: int, config: Optional[SynthConfig] = None, resources: Optional[Resources] = None) -> Scene:
     """Generate scene ``index`` of the stream ``seed`` (deterministic; see the module docstring)."""
-    import cv2
+    cv2 = _cv2()
 
     config = config or SynthConfig()
     config.validate()
@@ -968,7 +974,8 @@ def generate_dataset(
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise ValueError(f"output {outdir} exists and is not a directory")
-    res = load_resources(config)  # first: a missing font fails before anything is written
+    _cv2()  # a missing OpenCV or font fails before anything is written
+    res = load_resources(config)
     outdir.mkdir(parents=True, exist_ok=True)
     meta_config = asdict(config)
     meta_config["categories"] = None if config.categories is None else [f"U+{c:04X}" for c in config.categories]
@@ -992,7 +999,7 @@ def generate_dataset(
     bar = tqdm(total=num, desc="synth", unit="img", disable=not progress, dynamic_ncols=True)
     try:
         if workers <= 1 or num <= 1:  # in the caller's process: leave its OpenCV threads and memory as they were
-            import cv2
+            cv2 = _cv2()
 
             threads = cv2.getNumThreads()
             _worker_init(config, res)
