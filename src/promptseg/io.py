@@ -70,7 +70,8 @@ def read_image(path: PathLike) -> np.ndarray:
     """Read an image file → ``H×W×3`` RGB uint8, with its EXIF orientation applied.
 
     Grayscale, grayscale+alpha, RGBA, palette, CMYK and 16-bit files are converted explicitly (alpha is
-    dropped, 16-bit is scaled by 255/65535, see :func:`promptseg.transforms.to_rgb_uint8`). A missing file
+    dropped, 16-bit grey is scaled by 255/65535, see :func:`promptseg.transforms.to_rgb_uint8`; Pillow reads
+    16-bit colour files as their high byte, at most one level lower). A missing file
     raises :class:`FileNotFoundError`, an unreadable one :class:`ValueError`; both name the file.
     """
     path = Path(path)

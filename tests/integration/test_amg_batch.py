@@ -568,8 +568,11 @@ def test_cli_filters_suit_the_bundled_model_when_no_checkpoint_is_given(tmp_path
     from promptseg.hub import DEFAULT_MODEL_AMG_FILTERS
 
     assert DEFAULT_MODEL_AMG_FILTERS == {"pred_iou_thresh": 0.35, "stability_score_thresh": 0.35}
-    flags = [str(checkpoint) if f == "CKPT" else f for f in flags]
-    options = _factory_of_cli(tmp_path, monkeypatch, flags).options
+    monkeypatch.chdir(checkpoint.parent)
+    flags = [checkpoint.name if f == "CKPT" else f for f in flags]  # relative: made absolute for Ray workers
+    factory = _factory_of_cli(tmp_path, monkeypatch, flags)
+    assert factory.checkpoint in (None, str(checkpoint.absolute()))
+    options = factory.options
     assert {k: v for k, v in options.items() if k in ("pred_iou_thresh", "stability_score_thresh")} == expected
     assert ("the bundled default model" in capsys.readouterr().err) is ("stability_score_thresh" in expected and
                                                                         "--checkpoint" not in flags)

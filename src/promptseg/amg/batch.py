@@ -855,8 +855,8 @@ def run_batch(
             "crs": crs,
             "georef": bool(georef),
         }
-        spec = OutputSpec(
-            out_dir=str(out), formats=formats, polygon_tolerance=float(polygon_tolerance),
+        spec = OutputSpec(  # absolute: Ray workers on other machines or in another working_dir resolve it alike
+            out_dir=str(out.absolute()), formats=formats, polygon_tolerance=float(polygon_tolerance),
             geotransform=geotransform, crs=crs, georef=georef, fingerprint=_fingerprint(masks),
             geojson_fingerprint=_fingerprint(geo), durable=durable,
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -169,7 +170,7 @@ def cmd_amg(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         options.update(bundled)
     factory = GeneratorFactory(
-        checkpoint=args.checkpoint,
+        checkpoint=os.path.abspath(args.checkpoint) if args.checkpoint else None,  # as each Ray worker must see it
         generator=args.generator,
         options=options,
         preset=args.preset,
