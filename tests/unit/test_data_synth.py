@@ -278,3 +278,18 @@ def test_generate_dataset_without_opencv_names_the_extra_and_writes_nothing(tmp_
     with pytest.raises(MissingDependencyError, match=r"^scene generation needs OpenCV, .*promptseg\[cv\]$"):
         generate_dataset(tmp_path / "out", 1, config=SHAPES)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_is_extended_only_by_runs_of_the_same_settings(tmp_path):
+    """Runs of one seed and config may fill other index ranges of a folder (synth_meta.json lists them all);
+    another seed or config was mixed in silently, the meta file then describing only the last run."""
+    from promptseg.data.sa1b import read_json
+
+    generate_dataset(tmp_path, 2, seed=3, config=SHAPES)
+    generate_dataset(tmp_path, 1, seed=3, config=SHAPES, start=5)
+    generate_dataset(tmp_path, 2, seed=3, config=SHAPES, start=1)  # overlapping: the same scenes again
+    assert read_json(tmp_path / "synth_meta.json")["ranges"] == [[0, 3], [5, 6]]
+    for other in ({"seed": 9}, {"config": replace(SHAPES, crowd_prob=0.0)}):
+        with pytest.raises(ValueError, match="another synth run"):
+            generate_dataset(tmp_path, 1, **{"seed": 3, "config": SHAPES, "start": 7, **other})
+    assert not (tmp_path / "sa_7.json").exists()

@@ -948,6 +948,34 @@ def _worker_run(args: Tuple[str, int, int, bool]) -> Tuple[int, int]:
     return index, len(scene.masks)
 
 
+def _merged_ranges(meta_path: Path, meta: Dict[str, Any]) -> List[List[int]]:
+    """The ``[start, end)`` index ranges ``OUTDIR`` holds after this run: a folder may be extended by runs of
+    the same seed and settings (other ``--start``), but scenes of another seed or configuration are not
+    mixed into it (its ``synth_meta.json`` would describe only the last run)."""
+    import json
+
+    from promptseg.data.sa1b import read_json
+
+    runs = [[meta["start"], meta["start"] + meta["num"]]]
+    if meta_path.is_file():
+        old = read_json(meta_path)
+        same = ("seed", "config", "photos", "num_emoji_categories")
+        differ = [k for k in same if old.get(k) != json.loads(json.dumps(meta[k]))]  # tuples are lists in JSON
+        if differ:
+            raise ValueError(
+                f"{meta_path.parent} holds scenes of another synth run ({', '.join(differ)} differ): mixing them "
+                "would leave a dataset its synth_meta.json does not describe; use another folder or delete it"
+            )
+        runs += old.get("ranges") or [[old["start"], old["start"] + old["num"]]]
+    merged: List[List[int]] = []
+    for lo, hi in sorted(r for r in runs if r[1] > r[0]):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return merged
+
+
 def generate_dataset(
     outdir: PathLike,
     num: int,
@@ -990,6 +1018,7 @@ def generate_dataset(
         "photos": res.photo_names,
         "num_emoji_categories": len(res.emoji),
     }
+    meta["ranges"] = _merged_ranges(outdir / META_FILE, meta)
     save_json(meta, outdir / META_FILE)
 
     from tqdm import tqdm
