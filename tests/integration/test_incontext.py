@@ -451,6 +451,72 @@ def test_tuning_a_model_in_train_mode_scores_in_eval_mode_and_names_pairs(model,
     assert [p.requires_grad for p in model.parameters()] == flags  # unfrozen again after the failure
 
 
+def test_tuning_starts_from_the_numbering_shared_with_the_pairs(model):
+    """A grey-only RGB mask among colour masks is the colour white in the pairs' numbering: the prompt starts
+    from it painted white, as the targets are, not in palette[0] (red), as the mask alone would be read."""
+    from promptseg.incontext.tuning import evaluate_prompt, tune_prompt
+
+    rng = np.random.default_rng(0)
+    white = np.zeros((32, 32, 3), np.uint8)
+    white[4:20, 4:20] = 255
+    both = np.zeros((32, 32, 3), np.uint8)
+    both[4:12, 4:12], both[20:30, 20:30] = (255, 0, 0), 255
+    pairs = [(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), m) for m in (white, both)]
+    result = tune_prompt(model, pairs, steps=0)
+    assert result.prompt.palette.tolist() == [[255, 0, 0], [255, 255, 255]]
+    _, mask = result.prompt.to_images()
+    np.testing.assert_array_equal(mask, white)
+    assert result.initial_loss == result.final_loss == evaluate_prompt(model, result.prompt, pairs)
+
+
+def test_tuning_restores_every_module_mode_and_evaluate_prompt_scores_in_eval_mode(model):
+    from promptseg.incontext.tuning import evaluate_prompt, tune_prompt
+
+    pairs = [_example(32, 32, seed=s) for s in range(2)]
+    model.train()
+    model.encoder.eval()  # a frozen part kept in eval mode while the rest trains
+    try:
+        modes = {name: m.training for name, m in model.named_modules()}
+        result = tune_prompt(model, pairs, steps=1, lr=0.05)
+        assert {name: m.training for name, m in model.named_modules()} == modes
+        model.train()  # drop path active: evaluate_prompt must still score as tune_prompt does, and keep the mode
+        scores = [evaluate_prompt(model, result.prompt, pairs) for _ in range(2)]
+        assert scores == [result.final_loss] * 2 and model.training and model.encoder.training
+    finally:
+        model.eval()
+    for seed in (-1, 1.5, None):
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            tune_prompt(model, pairs, steps=1, seed=seed)
+
+
+def test_evaluate_vos_scores_a_binary_0_255_annotation_in_its_own_ids(sequence):
+    """A DAVIS-2016-style 0/255 annotation is object 1 to the propagation: predictions are scored against
+    the ground truth's id 255 (a perfect prediction scored 0 before)."""
+    from promptseg.incontext.video import evaluate_vos
+
+    gt = [(lab == 1).astype(np.uint8) * 255 for lab in sequence.labels]
+
+    class Oracle:
+        def predict(self, frame, examples, **kwargs):
+            i = next(i for i, f in enumerate(sequence.frames) if np.array_equal(f, frame))
+            return InContextPrediction((gt[i] > 0).astype(np.int32), None, None, None)
+
+    report = evaluate_vos(Oracle(), [("binary", sequence.frames, gt)])
+    assert report["JF_mean"] == 1.0 and report["num_objects"] == 1
+
+
+def test_synthetic_sequences_show_every_object_in_the_first_frame(monkeypatch):
+    from promptseg.incontext import synth_video
+    from promptseg.incontext.synth_video import make_sequence
+
+    for seed in (0, 3):  # no placement of the 50 tries shows all 20 at 30 %: the last try hid some entirely
+        seq = make_sequence(seed, num_frames=1, size=(32, 32), num_objects=20, emoji=False)
+        assert set(np.unique(seq.labels[0]).tolist()) == set(range(21))
+    monkeypatch.setattr(synth_video, "_paste", lambda *args: None)  # nothing ever shows
+    with pytest.raises(ValueError, match="cannot place 2 objects in a 32×32 frame"):
+        make_sequence(0, num_frames=1, size=(32, 32), num_objects=2, emoji=False)
+
+
 # --------------------------------------------------------------------------------------------- CLI
 def _write_pair(folder, name, image, labels):
     Image.fromarray(image).save(folder / f"{name}.png")
@@ -534,6 +600,13 @@ def test_cli_errors_exit_2(checkpoint, sequence, tmp_path, capsys, monkeypatch):
     assert "target not found" in capsys.readouterr().err
     assert main(["incontext", "tune", "--pair", img0, mask0, "-o", str(tmp_path / "p.bin")]) == 2
     assert "must end in .safetensors" in capsys.readouterr().err
+    before = (tmp_path / "f0_mask.png").read_bytes()
+    assert main(["incontext", "tune", "--pair", img0, mask0, "-o", str(tmp_path / "f0_mask.safetensors"), "--preview",
+                 "--steps", "1", "--checkpoint", str(checkpoint), "-q"]) == 2  # its preview is f0_mask.png
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert (tmp_path / "f0_mask.png").read_bytes() == before
+    assert main(["incontext", "tune", "--pair", img0, mask0, "-o", str(tmp_path / "p.safetensors"), "--seed", "-1"]) == 2
+    assert "--seed" in capsys.readouterr().err
     assert main(["incontext", "video", "--fifo", "-1", img0, "--first-mask", mask0, "-o", "x"]) == 2
     assert "promptseg incontext video: error" in capsys.readouterr().err
     assert main(["incontext", img0, "--example", img0, mask0, "-o", str(tmp_path)]) == 2

@@ -99,7 +99,7 @@ def _parsers(parser_class: Any) -> Dict[str, argparse.ArgumentParser]:
     tune.add_argument("--lr", type=number_type(float, 0, strict=True), default=0.01, metavar="X", help="Adam learning rate (default 0.01)")
     tune.add_argument("--batch-size", type=number_type(int, 1), default=4, metavar="N", help="pairs per step (default 4)")
     tune.add_argument("--learn", choices=("both", "image", "mask"), default="both", help="which tensors to learn")
-    tune.add_argument("--seed", type=int, default=0, help="seed of the batch sampling (default 0)")
+    tune.add_argument("--seed", type=number_type(int, 0), default=0, help="seed of the batch sampling (default 0)")
     tune.add_argument("--preview", action="store_true", help="also write PROMPT.png: the learned image above its mask")
     tune.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _model_options(tune)
@@ -278,6 +278,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     dst = Path(args.output)
     if dst.suffix != ".safetensors":
         raise ValueError(f"-o {dst} must end in .safetensors")
+    inputs = {Path(p).resolve(): f"input {p}" for pair in args.pair + ([args.init] if args.init else []) for p in pair}
+    for out in [dst] + [dst.with_suffix(".png")] * bool(args.preview):  # a.png's preview of -o a.safetensors
+        if out.resolve() in inputs:
+            raise ValueError(f"writing {out} would overwrite the {inputs[out.resolve()]}; choose another -o")
     pairs = _pairs(args.pair, "--pair")
     init = _pairs([args.init], "--init")[0] if args.init else None
     predictor = _predictor(args)

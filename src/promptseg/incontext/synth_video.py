@@ -111,6 +111,7 @@ def make_sequence(
         seed: random seed; num_frames: ``T`` ≥ 1; size: ``(H, W)``; num_objects: 1–20.
         emoji: use colour emoji (True), shapes (False), or emoji when the font is installed (None).
         speed: object speed per frame as a fraction of the frame's smaller side.
+    Raises ValueError when no starting placement of 50 tries shows every object in the first frame.
     """
     from promptseg.data.synth import emoji_font_available, find_emoji_font, texture
 
@@ -141,6 +142,7 @@ def make_sequence(
     margin = int(math.ceil(abs(pan).max() * num_frames)) + 1
     background = texture(H + 2 * margin, W + 2 * margin, rng, [], photo_prob=0.0)
 
+    best: Tuple[float, List[np.ndarray], List[np.ndarray]] = (-1.0, [], [])
     for _attempt in range(50):  # starting places where every object shows in the first frame
         pos, vel = [], []
         for sp in sprites:
@@ -151,8 +153,17 @@ def make_sequence(
             pos.append(p)
             vel.append(direction / (np.linalg.norm(direction) + 1e-6) * speed * short * rng.uniform(0.7, 1.3))
         frame0 = _render(background, margin, np.zeros(2), sprites, pos, (H, W))[1]
-        if all(int((frame0 == k + 1).sum()) >= 0.3 * float((sp.alpha >= 0.5).sum()) for k, sp in enumerate(sprites)):
+        counts = [(int((frame0 == k + 1).sum()), float((sp.alpha >= 0.5).sum())) for k, sp in enumerate(sprites)]
+        if all(c >= 0.3 * n for c, n in counts):
+            best = (1.0, pos, vel)
             break
+        shown = min(c / n if n else 1.0 for c, n in counts)
+        if shown > best[0]:
+            best = (shown, pos, vel)
+    shown, pos, vel = best  # else the attempt that shows its most hidden object best
+    if shown <= 0:
+        raise ValueError(f"cannot place {num_objects} objects in a {H}×{W} frame so that each shows in the first "
+                         "frame: use fewer objects or a larger size")
 
     frames, labels = [], []
     for t in range(num_frames):

@@ -12,11 +12,12 @@ and are kept inside the range of real pixels (``[0, 1]`` before normalisation) a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -160,12 +161,35 @@ class TuningResult:
 # --------------------------------------------------------------------------------------------- tuning
 def _targets(pairs: Any, palette: np.ndarray, size: Tuple[int, int]) -> Tuple[Any, Any]:
     """Training pairs → normalised image and coloured-mask tensors ``N×3×h×w``."""
+    return _tensors(prepare_examples(pairs, palette, allow_empty=True), size)
+
+
+def _tensors(ex: Any, size: Tuple[int, int]) -> Tuple[Any, Any]:
+    """Prepared examples → normalised image and coloured-mask tensors ``N×3×h×w``."""
     import torch
 
-    ex = prepare_examples(pairs, palette, allow_empty=True)
     images = np.stack([normalize(resize_image(i, size)) for i in ex.images])
     masks = np.stack([normalize(resize_nearest(m, size)) for m in ex.colored_masks])
     return torch.from_numpy(images), torch.from_numpy(masks)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Any, freeze: bool = False) -> Iterator[None]:
+    """``model`` in eval mode inside the block (with ``freeze``, its parameters too); every submodule's own
+    train/eval mode (a frozen part may be kept in eval mode) and every ``requires_grad`` restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    if freeze:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 def prompt_loss(model: Any, image: Any, mask: Any, targets: Any, target_masks: Any,
@@ -197,9 +221,11 @@ def _mean_loss(model: Any, image: Any, mask: Any, targets: Any, target_masks: An
 
 
 def evaluate_prompt(model: Any, prompt: TunedPrompt, pairs: Any) -> float:
-    """Mean loss of ``prompt`` over the ``(image, mask)`` ``pairs`` (masks use the prompt's palette)."""
+    """Mean loss of ``prompt`` over the ``(image, mask)`` ``pairs`` (masks use the prompt's palette), with the
+    model in eval mode as :func:`tune_prompt` scores (its modes are restored)."""
     targets, masks = _targets(pairs, prompt.palette, model_image_size(model))
-    return _mean_loss(model, prompt.image, prompt.mask, targets, masks, prompt.embedding_type)
+    with _eval_mode(model):
+        return _mean_loss(model, prompt.image, prompt.mask, targets, masks, prompt.embedding_type)
 
 
 def tune_prompt(
@@ -244,6 +270,8 @@ def tune_prompt(
         raise ValueError(f"embedding_type must be one of {EMBEDDING_TYPES}, got {embedding_type!r}")
     if steps < 0 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need steps ≥ 0, batch_size ≥ 1 and lr > 0, got steps={steps}, batch_size={batch_size}, lr={lr}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     pairs = list(pairs)
     if not pairs:
         raise ValueError("pairs is empty: tuning needs at least one (image, mask) pair")
@@ -253,8 +281,11 @@ def tune_prompt(
     everything = prepare_examples([start] + pairs, palette, allow_empty=True, names=names)  # one palette for all
     if not (everything.labels[0] > 0).any():
         raise ValueError(f"{names[0]} mask is empty: the prompt starts from it, so it must mark the object(s)")
-    initial = TunedPrompt.from_example(start[0], start[1], size, everything.palette, embedding_type)
-    targets, target_masks = _targets(pairs, everything.palette, size)
+    # the start and the targets come from the one numbering of all (a grey-only H×W×3 mask among colour
+    # masks is read as a colour there, but as a label map alone)
+    images, colored = _tensors(everything, size)
+    initial = TunedPrompt(images[0].clone(), colored[0].clone(), everything.palette, embedding_type)
+    targets, target_masks = images[1:], colored[1:]
 
     device, _ = model_device_dtype(model)
     image = initial.image.clone().to(device).requires_grad_(learn in ("both", "image"))
@@ -264,13 +295,8 @@ def tune_prompt(
     low, high = (0 - mean) / std, (1 - mean) / std
     optimizer = torch.optim.Adam([t for t in (image, mask) if t.requires_grad], lr=lr)
     rng = np.random.default_rng(seed)
-    flags = [p.requires_grad for p in model.parameters()]
-    was_training = model.training
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     losses: List[float] = []
-    try:
+    with _eval_mode(model, freeze=True):
         initial_loss = _mean_loss(model, initial.image, initial.mask, targets, target_masks, embedding_type)
         from tqdm import tqdm
 
@@ -293,10 +319,6 @@ def tune_prompt(
                 callback(step, losses[-1])
         tuned = TunedPrompt(image.detach().cpu(), mask.detach().cpu(), everything.palette, embedding_type)
         final_loss = _mean_loss(model, tuned.image, tuned.mask, targets, target_masks, embedding_type)  # in eval mode
-    finally:
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
-        model.train(was_training)
     tuned.metadata = {"steps": steps, "lr": lr, "batch_size": batch_size, "learn": learn, "pairs": len(pairs),
                       "initial_loss": initial_loss, "final_loss": final_loss}
     return TuningResult(tuned, losses, initial_loss, final_loss)

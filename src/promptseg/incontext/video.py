@@ -267,8 +267,9 @@ def evaluate_vos(
 
     Each sequence is a :class:`~promptseg.incontext.synth_video.SyntheticSequence`, a dict with
     ``frames``/``labels`` (and ``name``) or a ``(name, frames, labels)`` tuple. The first ground-truth
-    label map is the given annotation. Returns :func:`promptseg.eval.vos.summarize`'s dict: ``J_mean``,
-    ``F_mean``, ``JF_mean`` (means over all objects), recalls, decays and per-sequence values.
+    label map is the given annotation; objects are scored in its own ids (a 0/255 map's object is 255).
+    Returns :func:`promptseg.eval.vos.summarize`'s dict: ``J_mean``, ``F_mean``, ``JF_mean`` (means over all
+    objects), recalls, decays and per-sequence values.
     """
     from tqdm import tqdm
 
@@ -279,7 +280,14 @@ def evaluate_vos(
         name, frames, gt = _sequence_parts(seq, i)
         if len(frames) != len(gt):
             raise ValueError(f"sequence {name!r} has {len(frames)} frames but {len(gt)} label maps")
-        pred = list(segment_video(predictor, frames, np.asarray(gt[0]), fifo=fifo, ensemble=ensemble))
+        first = np.asarray(gt[0])
+        pred = list(segment_video(predictor, frames, first, fifo=fifo, ensemble=ensemble))
+        if first.shape == pred[0].shape:  # (given label, gt id) pairs of the annotated frame
+            given = np.unique(np.stack([pred[0].ravel(), first.ravel().astype(np.int64)]), axis=1)
+            if (given[0] != given[1]).any():  # the annotation was renumbered (a 0/255 map is label 1): gt's ids
+                lut = np.arange(max(int(p.max()) for p in pred) + 1, dtype=np.int64)
+                lut[given[0]] = given[1]
+                pred = [lut[p] for p in pred]
         scored[str(name)] = evaluate_sequence(pred, gt, exclude_first_last=exclude_first_last)
     if not scored:
         raise ValueError("sequences is empty")
