@@ -24,7 +24,7 @@ from torch import Tensor
 from promptseg.config_utils import is_integer
 from promptseg.models.sam.mask_decoder import ImageKeys
 from promptseg.models.sam.sam import Sam
-from promptseg.prompts import as_array, check_boxes, check_points
+from promptseg.prompts import PAD_LABEL, POSITIVE_LABEL, as_array, check_boxes, check_points
 from promptseg.transforms import ResizeLongestSide, get_preprocess_shape, mask_to_logits, to_rgb_uint8
 
 Size = Tuple[int, int]
@@ -48,7 +48,7 @@ class SamPredictor:
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         if isinstance(images, np.ndarray) or len(images) == 0:
             raise ValueError("images must be a non-empty sequence of H×W×C arrays")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        if not is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
         tensors, sizes = [], []
         for i, image in enumerate(images):
@@ -124,6 +124,7 @@ class SamPredictor:
         self._dense_pe: Optional[Tensor] = None
         self._cached_weights: Optional[Tuple[int, ...]] = None
         self._watched: Optional[List[Tensor]] = None
+        self._watched_parts: Tuple[torch.nn.Module, ...] = ()
         self.features: Optional[Tensor] = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size: Optional[Size] = None
@@ -154,7 +155,7 @@ class SamPredictor:
             box: ``4`` XYXY box in original-image pixels.
             mask_input: ``1×256×256`` logits from a previous call, or a binary ``H×W`` mask (bool/uint8).
             multimask_output: 3 ambiguity-aware masks (True) or 1 (False); ``"auto"``: 3 only for a
-                single click without box or mask (§A).
+                single click (padding points aside) without box or mask (§A).
             return_logits: return logits instead of thresholded masks.
         Returns:
             masks ``C×H×W`` (bool, or float logits), scores ``C``, low-res logits ``C×256×256``.
@@ -219,7 +220,7 @@ class SamPredictor:
             raise ValueError("empty prompt: give point_coords/point_labels, a box, or mask_input")
         if len({n for _, n in counts}) > 1:
             raise ValueError(f"prompt batch sizes disagree: {dict(counts)}")
-        multimask = self._resolve_multimask(multimask_output, coords_t, boxes_t, masks_t)
+        multimask = self._resolve_multimask(multimask_output, labels_t, boxes_t, masks_t)
         masks, scores, low = self.predict_torch(
             coords_t, labels_t, boxes_t, masks_t, multimask, return_logits, image_index=image_index
         )
@@ -262,11 +263,13 @@ class SamPredictor:
 
     @staticmethod
     def _resolve_multimask(
-        multimask_output: Union[bool, str], coords: Optional[Tensor], boxes: Optional[Tensor], masks: Optional[Tensor]
+        multimask_output: Union[bool, str], labels: Optional[Tensor], boxes: Optional[Tensor], masks: Optional[Tensor]
     ) -> bool:
-        if multimask_output == "auto":
-            single_click = coords is not None and coords.shape[1] == 1 and boxes is None and masks is None
-            return single_click  # §A: ambiguity is rare with several prompts → the single-mask token
+        if isinstance(multimask_output, str) and multimask_output == "auto":
+            if labels is None or boxes is not None or masks is not None:
+                return False  # §A: ambiguity is rare with several prompts → the single-mask token
+            clicks = labels != PAD_LABEL  # padding points (label -1, as SAM's ONNX examples append) are no clicks
+            return bool((clicks.sum(dim=-1) == 1).all() and (labels[clicks] <= POSITIVE_LABEL).all())
         if not isinstance(multimask_output, (bool, np.bool_)):
             raise TypeError(f"multimask_output must be True, False or 'auto', got {multimask_output!r}")
         return bool(multimask_output)
@@ -279,14 +282,15 @@ class SamPredictor:
         point_labels: Optional[Tensor],
         boxes: Optional[Tensor] = None,
         mask_input: Optional[Tensor] = None,
-        multimask_output: bool = True,
+        multimask_output: Union[bool, str] = True,
         return_logits: bool = False,
         image_index: int = 0,
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """Batched prediction with prompts already in the model-input frame (``self.transform`` applied).
 
         Args:
-            point_coords: ``B×N×2``; point_labels: ``B×N``; boxes: ``B×4``; mask_input: ``B×1×256×256``.
+            point_coords: ``B×N×2``; point_labels: ``B×N``; boxes: ``B×4``; mask_input: ``B×1×256×256``;
+            multimask_output: True, False or ``"auto"`` (as :meth:`predict`).
         Returns:
             masks ``B×C×H×W`` (bool unless ``return_logits``), IoU predictions ``B×C`` and low-res
             logits ``B×C×256×256``, all float32/bool whatever the model dtype.
@@ -295,6 +299,13 @@ class SamPredictor:
         if (point_coords is None) != (point_labels is None):
             raise ValueError("point_coords and point_labels must be given together")
         points = (point_coords, point_labels) if point_coords is not None else None
+        multimask_output = self._resolve_multimask(multimask_output, point_labels, boxes, mask_input)
+        low = tuple(self.model.prompt_encoder.mask_input_size)
+        if mask_input is not None and (mask_input.ndim != 4 or tuple(mask_input.shape[1:]) != (1,) + low):
+            raise ValueError(  # a 1×h×w tensor would run as an unbatched image: a wrong mask, no error
+                f"mask_input must have shape B×1×{low[0]}×{low[1]} (low_res_logits of a previous call), "
+                f"got {tuple(mask_input.shape)}"
+            )
         model = self.model
         self._drop_stale_caches()
         sparse, dense = model.prompt_encoder(points, boxes, mask_input)
@@ -317,11 +328,14 @@ class SamPredictor:
         depend on was changed in place (an optimiser step, ``load_state_dict``) or its storage replaced
         (``.to``) since: the reference recomputes them on every call, so a fine-tuning loop that prompts the
         same image between steps must see the new weights. (The image embedding itself, as in the
-        reference, is the encoder's at ``set_image`` time; the tensors watched are listed once per image.)
-        Writes through ``param.data`` (older EMA code) change no version: they are seen from the next
-        ``set_image`` on, or after :meth:`reset_image`."""
-        if self._watched is None:
-            parts = (self.model.prompt_encoder, self.model.mask_decoder)
+        reference, is the encoder's at ``set_image`` time; the tensors watched are listed once per image,
+        and again when ``model.prompt_encoder`` or ``model.mask_decoder`` is replaced by another module.)
+        Writes through ``param.data`` (older EMA code) change no version, and parameters replaced inside the
+        parts (``load_state_dict(assign=True)``) are not watched: they are seen from the next ``set_image``
+        on, or after :meth:`reset_image`."""
+        parts = (self.model.prompt_encoder, self.model.mask_decoder)
+        if self._watched is None or any(a is not b for a, b in zip(parts, self._watched_parts)):
+            self._watched_parts = parts
             self._watched = [t for part in parts for t in itertools.chain(part.parameters(), part.buffers())]
         weights = tuple(v for t in self._watched for v in (t._version, t.data_ptr()))
         if weights != self._cached_weights:

@@ -7,6 +7,8 @@ predictions (float32); masks identical except where |logit| < 1e-3.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -655,3 +657,89 @@ def test_weights_written_through_data_are_used_from_the_next_image(helpers, imag
         _, our_iou, our_low = predictor.predict(**prompt)
         np.testing.assert_allclose(our_low, ref_low, atol=1e-4)
         np.testing.assert_allclose(our_iou, ref_iou, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Audit round 2 (predictor2): batch_size as a numpy integer, "auto" with padding points and through
+# predict_torch, predict_torch's mask_input shape
+
+
+def test_set_images_accepts_a_numpy_integer_batch_size(tiny_sam, two_images):
+    """``batch_size=np.int64(2)`` (e.g. from ``np.clip``) is an integer ≥ 1, as ``image_index`` accepts one:
+    it was refused as "must be an integer ≥ 1, got np.int64(2)"."""
+    p = SamPredictor(tiny_sam)
+    p.set_images(list(two_images), batch_size=np.int64(2))
+    expected = SamPredictor(tiny_sam)
+    expected.set_images(list(two_images), batch_size=2)
+    assert torch.equal(p.features, expected.features)
+    with pytest.raises(ValueError, match="batch_size"):
+        p.set_images(list(two_images), batch_size=np.int64(0))
+
+
+def test_multimask_auto_counts_clicks_not_padding_points(predictor):
+    """``"auto"`` gives 3 masks for a single click: a padding point (label -1, which SAM's ONNX examples append
+    and ``predict_many`` uses to even out clicks) is no click. It counted points, so a click with its padding
+    point got the single mask."""
+    one = predictor.predict(np.array([[30, 40]]), np.array([1]), multimask_output="auto")
+    padded = predictor.predict(np.array([[30, 40], [0, 0]]), np.array([1, -1]), multimask_output="auto")
+    assert one[1].shape == padded[1].shape == (3,)
+    explicit = predictor.predict(np.array([[30, 40], [0, 0]]), np.array([1, -1]), multimask_output=True)
+    assert np.array_equal(padded[2], explicit[2])
+    many = predictor.predict_many(np.array([[[30, 40], [0, 0]], [[90, 60], [80, 50]]]), np.array([[1, -1], [0, -1]]),
+                                  multimask_output="auto")
+    assert many[1].shape == (2, 3)
+    mixed = predictor.predict_many(np.array([[[30, 40], [0, 0]], [[90, 60], [80, 50]]]), np.array([[1, -1], [1, 0]]),
+                                   multimask_output="auto")
+    assert mixed[1].shape == (2, 1)  # one prompt has two clicks: one decoder pass, the single-mask token
+    corners = predictor.predict(np.array([[10, 10], [70, 60]]), np.array([2, 3]), multimask_output="auto")
+    assert corners[1].shape == (1,)  # a box given as its corners is a box
+
+
+def test_predict_torch_multimask_auto(predictor):
+    """``predict_torch(multimask_output="auto")`` follows the rule of the numpy methods; it ran the string as
+    a true value, 3 masks for any prompt (a box included), and any other string did the same."""
+    box = torch.as_tensor(predictor.transform.apply_boxes(BOXES[:2], (H, W)), dtype=torch.float)
+    click = torch.as_tensor(predictor.transform.apply_coords(POINTS[:2, :1], (H, W)), dtype=torch.float)
+    assert predictor.predict_torch(None, None, box, multimask_output="auto")[1].shape == (2, 1)
+    assert predictor.predict_torch(click, torch.ones(2, 1), multimask_output="auto")[1].shape == (2, 3)
+    for bad in ("no", "False", None):
+        with pytest.raises(TypeError, match="multimask_output"):
+            predictor.predict_torch(None, None, box, multimask_output=bad)
+
+
+def test_predict_torch_mask_input_needs_its_channel_axis(predictor):
+    """A ``1×h×w`` mask_input (``low_res_logits[:, best]`` instead of ``[:, best:best + 1]``) ran through the
+    mask convolutions as an unbatched image, its LayerNorms normalising over rows: a different mask, no error.
+    It is a ValueError naming the expected ``B×1×h×w``."""
+    _, _, low = predictor.predict_torch(None, None, torch.tensor([[10.0, 10.0, 90.0, 70.0]]))
+    best = low[:, :1]
+    predictor.predict_torch(None, None, mask_input=best)
+    for bad in (best[:, 0], best[0, 0], low, torch.zeros(1, 1, 64, 64)):
+        with pytest.raises(ValueError, match=r"mask_input must have shape B×1×32×32"):
+            predictor.predict_torch(None, None, mask_input=bad)
+
+
+def test_a_replaced_decoder_or_prompt_encoder_is_used_on_the_set_image(helpers, image):
+    """``sam.mask_decoder = other`` (or the prompt encoder) between two predictions on one image: the
+    predictor watched the tensors of the modules it first saw, so it kept the old decoder's image keys and
+    the old positional encoding — a stale mask, no error. The reference recomputes them on every call."""
+    import copy
+
+    _, ours = helpers.make_pair()
+    prompt = dict(point_coords=np.array([[60.0, 40.0]]), point_labels=np.array([1]), multimask_output=True)
+    predictor = SamPredictor(ours)
+    predictor.set_image(image)
+    before = predictor.predict(**prompt)[2]  # fills the caches
+    decoder, prompt_encoder = copy.deepcopy(ours.mask_decoder), copy.deepcopy(ours.prompt_encoder)
+    with torch.no_grad():
+        for p in itertools.chain(decoder.parameters(), prompt_encoder.parameters()):
+            p.mul_(1.3)
+    for name, part in (("mask_decoder", decoder), ("prompt_encoder", prompt_encoder)):
+        setattr(ours, name, part)
+        fresh = SamPredictor(ours)
+        fresh.set_image(image)
+        _, expected_iou, expected = fresh.predict(**prompt)
+        _, got_iou, got = predictor.predict(**prompt)
+        assert np.abs(expected - before).max() > 1e-2  # the change matters
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        np.testing.assert_allclose(got_iou, expected_iou, atol=1e-5)
