@@ -183,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-type", choices=MODEL_TYPES, help="official architecture (default: inferred from the weights)")
     p.add_argument(
         "--patch-size", type=number_type(int, 1), metavar="N",
-        help="resize the image encoder to N-px patches (N divides the current patch size; a fine-tuning start "
-        "with N²-times finer token grid, see docs/default_model_history.md)",
+        help="resize the image encoder to N-px patches (N divides the current patch size P; a fine-tuning start "
+        "with (P/N)² times as many image tokens, see docs/default_model_history.md)",
     )
     p.add_argument(
         "--insert-blocks", type=index_list, metavar="I[,I...]",
@@ -333,11 +333,21 @@ EMBEDDED_CONFIG = "embedded in the file"
 def _read_checkpoint_summary(path: Path) -> Tuple[Any, str, int, List[str], str]:
     """``(config, source, parameter count, dtypes, format)`` of a checkpoint, reading as little as possible."""
     from promptseg.checkpoint import CONFIG_KEY, CheckpointError, read_state_dict
-    from promptseg.models.sam.weights import _stored_config, infer_sam_config
+    from promptseg.models.sam.weights import _inferred_config, _stored_config
+
+    def stored_config(stored: Any) -> Any:
+        if isinstance(stored, dict) and "merge_index" in stored:  # a SegGPT file (promptseg incontext)
+            from promptseg.models.seggpt.config import SegGptConfig
+
+            try:
+                return SegGptConfig.from_dict(stored)
+            except (TypeError, ValueError) as err:
+                raise CheckpointError(f"checkpoint {path} has an invalid embedded SegGPT config: {err}") from err
+        return _stored_config(stored, path)
 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":  # shapes and metadata only: no tensor is loaded
+    if path.suffix.lower() == ".safetensors":  # shapes and metadata only: no tensor is loaded
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -353,14 +363,7 @@ def _read_checkpoint_summary(path: Path) -> Tuple[Any, str, int, List[str], str]
                 stored = json.loads(metadata[CONFIG_KEY])
             except json.JSONDecodeError as err:
                 raise CheckpointError(f"checkpoint {path} has an invalid embedded config: {err}") from err
-            if isinstance(stored, dict) and "merge_index" in stored:  # a SegGPT file (promptseg incontext)
-                from promptseg.models.seggpt.config import SegGptConfig
-
-                try:
-                    return SegGptConfig.from_dict(stored), EMBEDDED_CONFIG, count, dtypes, "promptseg safetensors"
-                except (TypeError, ValueError) as err:
-                    raise CheckpointError(f"checkpoint {path} has an invalid embedded SegGPT config: {err}") from err
-            return _stored_config(stored, path), EMBEDDED_CONFIG, count, dtypes, "promptseg safetensors"
+            return stored_config(stored), EMBEDDED_CONFIG, count, dtypes, "promptseg safetensors"
         state, stored = read_state_dict(path)
         fmt = "safetensors without a promptseg config"
     else:
@@ -369,8 +372,8 @@ def _read_checkpoint_summary(path: Path) -> Tuple[Any, str, int, List[str], str]
     count = sum(int(t.numel()) for t in state.values())
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in state.values()})
     if stored is not None:  # a promptseg training checkpoint (step_*.pt)
-        return _stored_config(stored, path), EMBEDDED_CONFIG, count, dtypes, "promptseg training checkpoint"
-    config = infer_sam_config(state)
+        return stored_config(stored), EMBEDDED_CONFIG, count, dtypes, "promptseg training checkpoint"
+    config = _inferred_config(state, path)
     return config, "inferred from the weights; decoder heads assumed 8", count, dtypes, fmt
 
 
@@ -491,7 +494,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print(f"converted {src} -> {dst} ({_human_bytes(dst.stat().st_size)})")
     if args.model_type:
         source = f"--model-type {args.model_type}"
-    elif src.suffix == ".safetensors":  # the header only, when the file embeds its config
+    elif src.suffix.lower() == ".safetensors":  # the header only, when the file embeds its config
         source = f"{_read_checkpoint_summary(src)[1]} {src.name}"
     else:
         source = "inferred from the weights; decoder heads assumed 8"
@@ -505,6 +508,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_average(args: argparse.Namespace) -> int:
+    from promptseg.models.sam.config import SamConfig
     from promptseg.models.sam.weights import average_checkpoints
 
     sources, dst = [Path(s) for s in args.src], Path(args.output)
@@ -524,6 +528,8 @@ def cmd_average(args: argparse.Namespace) -> int:
         config, how, *_ = _read_checkpoint_summary(Path(args.config_from))
         if how != EMBEDDED_CONFIG:
             raise ValueError(f"--config-from: {args.config_from} embeds no architecture (its config would be {how})")
+        if not isinstance(config, SamConfig):
+            raise ValueError(f"--config-from: {args.config_from} is a SegGPT checkpoint; give a SAM one")
         origin = f"of {args.config_from}"
     config = average_checkpoints(sources, dst, weights=args.weights, config=config)
     weights = args.weights or [1.0] * len(sources)

@@ -476,6 +476,57 @@ def test_info_describes_a_seggpt_file(capsys, tmp_path):
     assert code == 0 and SegGptConfig.from_dict(json.loads(out)) == config
 
 
+def _tiny_seggpt(path):
+    from promptseg.models.seggpt.build import build_seggpt
+    from promptseg.models.seggpt.config import SegGptConfig
+    from promptseg.models.seggpt.weights import save_seggpt
+
+    config = SegGptConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=(64, 32),
+                          merge_index=0, intermediate_hidden_state_indices=(0, 1), decoder_hidden_size=8)
+    save_seggpt(build_seggpt(config), path)
+    return config
+
+
+def test_info_reads_every_kind_of_file_whatever_the_suffix_case(files, capsys, tmp_path):
+    """An upper-case .SAFETENSORS (read_state_dict reads it as safetensors) is described from its header
+    like any other (it was called a training checkpoint; a SegGPT one an invalid SAM config), a SegGPT
+    training checkpoint is described as SegGPT, and weights that are no SAM are named by their file."""
+    from promptseg.checkpoint import read_state_dict
+
+    shutil.copy(files["ckpt"], tmp_path / "TINY.SAFETENSORS")
+    code, out, err = run(capsys, "info", tmp_path / "TINY.SAFETENSORS")
+    assert code == 0 and "(promptseg safetensors," in out and "config embedded in the file" in out, err
+    config = _tiny_seggpt(tmp_path / "SEG.SAFETENSORS")
+    code, out, err = run(capsys, "info", tmp_path / "SEG.SAFETENSORS")
+    assert code == 0 and "architecture: SegGPT" in out, err
+    state, stored = read_state_dict(tmp_path / "SEG.SAFETENSORS")
+    torch.save({"model": state, "model_config": stored}, tmp_path / "step_00000003.pt")  # a SegGPT training checkpoint
+    code, out, err = run(capsys, "info", tmp_path / "step_00000003.pt")
+    assert code == 0 and "(promptseg training checkpoint," in out and "architecture: SegGPT" in out, err
+    code, out, _ = run(capsys, "info", "--json", tmp_path / "step_00000003.pt")
+    assert code == 0 and json.loads(out) == config.to_dict() | {"image_size": [64, 32],
+                                                               "intermediate_hidden_state_indices": [0, 1]}
+    torch.save({"lin.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    code, _, err = run(capsys, "info", tmp_path / "other.pth")
+    assert code == 2 and "other.pth" in err and "not a SAM checkpoint" in err
+
+
+def test_average_config_from_a_seggpt_file_is_a_user_error(files, capsys, tmp_path):
+    """--config-from a SegGPT file: one line and status 2 (it was an AttributeError traceback after averaging)."""
+    _tiny_seggpt(tmp_path / "seg.safetensors")
+    code, _, err = run(capsys, "average", files["pth"], files["pth"], "-o", tmp_path / "avg.safetensors",
+                       "--config-from", tmp_path / "seg.safetensors")
+    assert code == 2 and "--config-from" in err and "seg.safetensors" in err and "SegGPT" in err, err
+    assert not (tmp_path / "avg.safetensors").exists()
+
+
+def test_convert_help_states_the_token_factor_of_patch_size(capsys):
+    """--patch-size N of a P-px model gives (P/N)² times the tokens (16 → 8: 4×), not N² (64×)."""
+    code, out, _ = run(capsys, "convert", "--help")
+    text = " ".join(out.split())
+    assert code == 0 and "(P/N)² times as many image tokens" in text and "N²-times" not in text
+
+
 # --------------------------------------------------------------------------------------------- console script
 def _console_script():
     script = Path(sys.executable).parent / "promptseg"

@@ -249,6 +249,24 @@ def test_invalid_embedded_config_is_a_checkpoint_error_naming_the_file(tmp_path,
         load_sam(path)
 
 
+@pytest.mark.parametrize("drop", [("mask_decoder", "num_heads"), ("image_encoder", "window_size"), (None, "pixel_std")])
+def test_an_embedded_config_missing_a_key_is_refused_not_defaulted(tmp_path, tiny_sam, drop):
+    """A header config without, say, the decoder's head count (4 here) built the default (8) and loaded —
+    shapes do not show it — silently another model; every field must be there (promptseg writes them all)."""
+    from safetensors.torch import save_file
+
+    part, key = drop
+    config = tiny_sam.config.to_dict()
+    del (config[part] if part else config)[key]
+    path = tmp_path / "partial.safetensors"
+    state = {k: v.contiguous() for k, v in tiny_sam.state_dict().items()}
+    save_file(state, str(path), metadata={CONFIG_KEY: json.dumps(config)})
+    name = f"{part}.{key}" if part else key
+    match = f"partial.safetensors has an invalid embedded SAM config: missing .*'{name}'"
+    with pytest.raises(CheckpointError, match=match):
+        load_sam(path)
+
+
 def test_a_state_dict_that_is_no_sam_names_the_file(tmp_path, tiny_sam):
     path = tmp_path / "other.pth"  # e.g. SAM nested inside a larger model
     torch.save({f"backbone.{k}": v for k, v in tiny_sam.state_dict().items()}, path)

@@ -246,6 +246,27 @@ def test_averaging_refuses_other_architectures_even_with_a_given_config(tmp_path
     average_checkpoints(sources[:1] * 2, tmp_path / "avg.safetensors", config=tiny_config)  # the same: fine
 
 
+def test_siblings_trained_with_and_without_drop_path_average(tmp_path, tiny_config):
+    """The encoder's drop-path rate is a training setting (identity in eval mode), not architecture: files
+    that differ in it alone average (they were "another architecture"), the mean embedding the first's."""
+    dp = dataclasses.replace(tiny_config, image_encoder=dataclasses.replace(tiny_config.image_encoder,
+                                                                            drop_path_rate=0.1))
+    models = [perturbed(tiny_config, 1), perturbed(dp, 2)]
+    save_sam(models[0], tmp_path / "a.safetensors")
+    save_sam(models[1], tmp_path / "b.safetensors")
+    sources = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    assert average_checkpoints(sources, tmp_path / "avg.safetensors") == tiny_config
+    avg = load_sam(tmp_path / "avg.safetensors")
+    for name, value in avg.state_dict().items():
+        expected = (models[0].state_dict()[name].double() + models[1].state_dict()[name].double()) / 2
+        assert torch.allclose(value.double(), expected, atol=1e-6), name
+    assert average_checkpoints(sources, tmp_path / "avg2.safetensors", config=dp) == dp
+    with pytest.raises(ValueError, match="embeds another architecture"):  # heads still count
+        two = dataclasses.replace(dp, mask_decoder=dataclasses.replace(dp.mask_decoder, num_heads=2))
+        save_sam(perturbed(two, 3), tmp_path / "c.safetensors")
+        average_checkpoints([tmp_path / "b.safetensors", tmp_path / "c.safetensors"], tmp_path / "avg3.safetensors")
+
+
 def test_averaging_a_low_precision_first_file_keeps_float32_precision(tmp_path, tiny_sam):
     """The mean does not depend on the order of the files: a bfloat16 first file does not round it to bfloat16."""
     save_sam(perturbed(tiny_sam.config, 1), tmp_path / "a.safetensors")

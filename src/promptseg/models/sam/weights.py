@@ -92,11 +92,20 @@ def infer_sam_config(state: Mapping[str, Tensor]) -> SamConfig:
 
 
 def _stored_config(stored: Mapping[str, Any], source: PathLike) -> SamConfig:
-    """The SAM config embedded in checkpoint ``source``; a :class:`CheckpointError` naming the file if invalid."""
+    """The SAM config embedded in checkpoint ``source``; a :class:`CheckpointError` naming the file if invalid
+    or incomplete (promptseg writes every field: a default for a missing one, such as the decoder's head
+    count, would silently build another model than the file's)."""
     try:
-        return SamConfig.from_dict(stored)
+        config = SamConfig.from_dict(stored)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint {source} has an invalid embedded SAM config: {err}") from err
+    missing = [f.name for f in dataclasses.fields(SamConfig) if f.name not in stored]
+    for name in ("image_encoder", "prompt_encoder", "mask_decoder"):
+        sub = stored.get(name, {})
+        missing += [f"{name}.{f.name}" for f in dataclasses.fields(getattr(config, name)) if f.name not in sub]
+    if missing:
+        raise CheckpointError(f"checkpoint {source} has an invalid embedded SAM config: missing key(s) {missing}")
+    return config
 
 
 def _inferred_config(state: Mapping[str, Tensor], source: PathLike) -> SamConfig:
@@ -262,6 +271,12 @@ def convert_checkpoint(
     return model.config
 
 
+def _architecture(config: SamConfig) -> SamConfig:
+    """``config`` without its training-only setting, the encoder's drop-path rate (no-op in eval mode): what
+    the checkpoints of one averaging must share (siblings trained with and without drop path average)."""
+    return dataclasses.replace(config, image_encoder=dataclasses.replace(config.image_encoder, drop_path_rate=0.0))
+
+
 def average_checkpoints(
     sources: Sequence[PathLike],
     dst: PathLike,
@@ -274,9 +289,10 @@ def average_checkpoints(
     averaging after the fact) or the ends of several training cycles (a "model soup") — often gives a model
     better than each. Sources are any files :func:`load_sam` reads, training checkpoints (``step_*.pt``)
     included; ``weights`` (default: equal) are normalised. The architecture is the config promptseg files and
-    training checkpoints among the sources embed (they must agree with each other and with ``config`` if
-    given), else ``config``, else inferred from the weights (decoder head count assumed official: a warning
-    says so). Mismatched files raise ``ValueError`` naming the file.
+    training checkpoints among the sources embed (the first's; they must agree with each other and with
+    ``config`` if given, but for the training-only drop-path rate), else ``config``, else inferred from the
+    weights (decoder head count assumed official: a warning says so). Mismatched files raise ``ValueError``
+    naming the file.
     """
     sources = list(sources)
     if not sources:
@@ -299,7 +315,7 @@ def average_checkpoints(
     if embedded:  # sources that embed their architecture must agree, whatever ``config`` says
         (first_name, first), *others = embedded.items()
         for name, other in others:
-            if other != first:
+            if _architecture(other) != _architecture(first):
                 raise ValueError(f"{name} embeds another architecture than {first_name}: not averageable")
     if config is None and embedded:
         config = first
@@ -308,7 +324,7 @@ def average_checkpoints(
         logger.warning("no source embeds its architecture: inferred from the weights, with the official "
                        "decoder head count (8); pass the config (--model-type) if that is wrong")
     model = build_sam(config)
-    if embedded and model.config != first:
+    if embedded and _architecture(model.config) != _architecture(first):
         raise ValueError(f"config: the given architecture is not the one {first_name} embeds: not averageable "
                          "(leave it unset to use the embedded one)")
     load_state_dict_strict(model, averaged, source=f"the average of {len(sources)} checkpoints")
