@@ -247,6 +247,48 @@ def test_unknown_backend_is_rejected():
     assert get_attention_backend() == "sdpa"
 
 
+def test_register_attention_backend_checks_name_and_function():
+    """A non-string name (e.g. the function itself, from a bare ``@register_attention_backend``) entered the
+    registry and made ``available_attention_backends()`` and every unknown-name error raise a TypeError."""
+    before = dict(attention_module._BACKENDS)
+    try:
+        with pytest.raises(TypeError, match="name"):
+            attention_module.register_attention_backend(attention_module.eager_attention)
+        with pytest.raises(TypeError, match="name"):
+            attention_module.register_attention_backend(3)(attention_module.eager_attention)
+        with pytest.raises(ValueError, match="name"):
+            attention_module.register_attention_backend("")
+        with pytest.raises(TypeError, match="callable"):
+            attention_module.register_attention_backend("broken")(None)
+        assert attention_module._BACKENDS == before
+        assert {"eager", "sdpa"} <= set(available_attention_backends())
+        with pytest.raises(ValueError, match="flash9"):
+            set_attention_backend("flash9")
+        registered = attention_module.register_attention_backend("custom")(attention_module.eager_attention)
+        assert registered is attention_module.eager_attention and "custom" in available_attention_backends()
+    finally:
+        attention_module._BACKENDS.clear()
+        attention_module._BACKENDS.update(before)
+
+
+def test_decomposed_bias_attention_under_forward_mode_ad():
+    """``torch.func.jvp`` without an autograd graph: the blocked path's in-place ``out=`` kernels have no
+    forward derivative (it raised); it takes its out-of-place route there and matches eager."""
+    from torch.func import jvp
+
+    q, k, v = _randn(1, 2, 10, 4, seed=1), _randn(1, 2, 10, 4, seed=2), _randn(1, 2, 10, 4, seed=3)
+    bias = DecomposedBias(_randn(1, 2, 10, 2, seed=4), _randn(1, 2, 10, 5, seed=5))
+    tangent = _randn(1, 2, 10, 4, seed=6)
+    outs = {}
+    with torch.no_grad():
+        for name in ("eager", "sdpa"):
+            with use_attention_backend(name):
+                outs[name] = jvp(lambda q: attention(q, k, v, bias, 0.5), (q,), (tangent,))
+    for a, b in zip(outs["eager"], outs["sdpa"]):
+        assert (a - b).abs().max() <= ATOL
+    assert outs["eager"][1].abs().max() > 0.1
+
+
 def test_backend_is_thread_local():
     seen = []
     with use_attention_backend("eager"):

@@ -58,6 +58,21 @@ def test_few_queries_equals_eager(residual: bool) -> None:
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_shared_tokens_over_per_prompt_images_equal_eager() -> None:
+    """The documented other way round: the token side has batch 1 and the image side batch 3. The ``sdpa``
+    re-associations took their batch from the token side only and failed on a shape (eager broadcast it)."""
+    attn = _attention(4)
+    tokens = torch.randn(1, 3, 32)
+    image = torch.randn(3, 64, 32)
+    ref, fast = _both(attn, tokens, image, image)  # few queries
+    assert fast.shape == ref.shape == (3, 3, 32)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    res = torch.randn(3, 64, 32)
+    ref, fast = _both(attn, image, tokens, tokens, residual=res)  # few keys
+    assert fast.shape == ref.shape == (3, 64, 32)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+
+
 def test_residual_fold_backpropagates_like_eager() -> None:
     """Training runs the fast path under autograd: gradients of inputs, residual and weights agree."""
     attn = _attention(3)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptseg.layers import MLPBlock
-from promptseg.layers.linear import linear
+from promptseg.layers.linear import linear, linear_weights
 from promptseg.models.sam.image_encoder import window_heads, window_merge
 
 
@@ -174,3 +174,44 @@ def test_subpixels_to_image_backpropagates():
     weight = torch.randn(1, 2, 12, 16)
     (_subpixels_to_image(masks) * weight).sum().backward()
     assert torch.equal(masks.grad, weight.view(1, 2, 3, 2, 2, 4, 2, 2).permute(0, 1, 2, 5, 3, 6, 4, 7))
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_linear_with_a_strided_bias_equals_f_linear(activation):
+    """oneDNN reads the bias as dense memory: a strided or expanded bias view summed the wrong elements."""
+    layer = _layer(48, 40, torch.float32)
+    x = torch.randn(5, 48)
+    for bias in (torch.randn(80)[::2], torch.randn(1).expand(40)):
+        with torch.no_grad():
+            got = linear_weights(x, layer.weight, bias, activation)
+            expected = F.linear(x, layer.weight, bias)
+            expected = F.gelu(expected) if activation else expected
+        assert (got - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_linear_forward_mode_tangent_equals_f_linear(activation):
+    """``torch.func.jvp`` with no autograd graph (no_grad, frozen weights): the oneDNN op has no forward
+    derivative and silently returned a zero tangent; the plain op is used whenever a tangent is present."""
+    from torch.func import jvp
+
+    layer = _layer(16, 8, torch.float32)
+    x, t = torch.randn(2, 3, 16), torch.randn(2, 3, 16)
+    plain = (lambda y: F.gelu(y)) if activation else (lambda y: y)
+    with torch.no_grad():
+        out, tangent = jvp(lambda x: linear(x, layer, activation), (x,), (t,))
+        expected_out, expected = jvp(lambda x: plain(F.linear(x, layer.weight, layer.bias)), (x,), (t,))
+    assert (out - expected_out).abs().max() <= 1e-5
+    assert (tangent - expected).abs().max() <= 1e-5 and expected.abs().max() > 0.1
+
+
+def test_subpixels_to_image_forward_mode_tangent():
+    """The integer-pair move reinterprets the bits of the primal only: under forward-mode AD the plain permute."""
+    from torch.func import jvp
+
+    from promptseg.models.sam.mask_decoder import _subpixels_to_image
+
+    masks, t = torch.randn(1, 2, 3, 4, 2, 2, 2, 2), torch.randn(1, 2, 3, 4, 2, 2, 2, 2)
+    with torch.no_grad():
+        _, tangent = jvp(_subpixels_to_image, (masks,), (t,))
+    assert torch.equal(tangent, t.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(1, 2, 12, 16))

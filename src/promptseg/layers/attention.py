@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from promptseg.layers.linear import has_forward_tangent
+
 
 class DecomposedBias(NamedTuple):
     """An additive bias ``bias[..., i, (a, b)] = rows[..., i, a] + cols[..., i, b]`` kept factorised.
@@ -59,8 +61,14 @@ _DEFAULT = "sdpa"
 
 def register_attention_backend(name: str) -> Callable[[AttentionFn], AttentionFn]:
     """Register ``fn`` as the attention backend called ``name``."""
+    if not isinstance(name, str):  # a bare ``@register_attention_backend`` passes the function
+        raise TypeError(f"register_attention_backend(name): name must be a str, got {name!r}")
+    if not name:
+        raise ValueError("register_attention_backend(name): name must be a non-empty str")
 
     def wrap(fn: AttentionFn) -> AttentionFn:
+        if not callable(fn):
+            raise TypeError(f"attention backend {name!r} must be a callable (q, k, v, bias, scale) -> out, got {fn!r}")
         _BACKENDS[name] = fn
         return fn
 
@@ -126,6 +134,7 @@ def _sdpa_decomposed(q: Tensor, k: Tensor, v: Tensor, bias: DecomposedBias, scal
     slices = max(1, min(n, _BLOCK_ELEMENTS // (nq * nk)))
     step = nq if slices > 1 else max(1, min(nq, _BLOCK_ELEMENTS // nk))
     inplace = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_t, v, rows, cols)))
+    inplace = inplace and not has_forward_tangent(q, k_t, v, rows, cols)  # out= ops have no forward-mode derivative
     out = q.new_empty(n, nq, v.shape[-1])
     scratch = q.new_empty(slices * step * nk) if inplace else None
     for i in range(0, n, slices):

@@ -4,9 +4,9 @@ On x86 CPUs oneDNN's fp32 GEMM is often faster than the BLAS behind :func:`torch
 (≈ 13 % single-threaded, up to 25 % with two threads on an AVX-512 EPYC), and it can fuse the GELU of a
 transformer MLP (and the bias, so no bias-filled output is written first). :func:`linear` uses it where it
 is safe — float32 or bfloat16 CPU tensors (bfloat16 where the CPU has native bf16 dot products) with no
-autograd graph being recorded — and falls back to ``F.linear`` everywhere else, so training and other
-devices see the plain op. In float32 results differ from ``F.linear`` only by summation order (~1e-6
-relative); in bfloat16 the fused GELU is applied before the one rounding to bfloat16.
+autograd graph being recorded and no forward-mode tangent — and falls back to ``F.linear`` everywhere
+else, so training and other devices see the plain op. In float32 results differ from ``F.linear`` only by
+summation order (~1e-6 relative); in bfloat16 the fused GELU is applied before the one rounding to bfloat16.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -43,12 +44,21 @@ def _onednn_bf16_available() -> bool:
     return _onednn_bf16
 
 
+def has_forward_tangent(*tensors: Optional[Tensor]) -> bool:
+    """Whether a tensor carries a forward-mode AD tangent (inside ``torch.func.jvp`` / ``forward_ad.dual_level``)."""
+    if getattr(fwAD, "_current_level", 0) < 0:  # no dual level entered: nothing to check
+        return False
+    return any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors)
+
+
 def _use_onednn(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
     if x.device.type != "cpu" or weight.device.type != "cpu" or x.dtype != weight.dtype:
         return False
     if bias is not None and bias.dtype != weight.dtype:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+        return False
+    if has_forward_tangent(x, weight, bias):  # forward-mode AD: the oneDNN op has no derivative (tangent dropped)
         return False
     if x.dtype == torch.bfloat16:
         return _onednn_bf16_available()
@@ -70,6 +80,8 @@ def linear_weights(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation
     if activation not in (None, "gelu"):
         raise ValueError(f"activation must be None or 'gelu', got {activation!r}")
     if _use_onednn(x, weight, bias):
+        # oneDNN reads the bias as dense memory: a strided or expanded view gave wrong sums
+        bias = bias if bias is None else bias.contiguous()
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation or "none", [], "none" if activation else "")
     y = F.linear(x, weight, bias)
     if not activation:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from promptseg.layers import MLP, LayerNorm2d, MLPBlock
 from promptseg.layers.attention import attention, get_attention_backend
-from promptseg.layers.linear import fused_activation, linear_weights
+from promptseg.layers.linear import fused_activation, has_forward_tangent, linear_weights
 
 
 class Attention(nn.Module):
@@ -103,6 +103,8 @@ class Attention(nn.Module):
         7 tokens × 8 heads this costs 2·56·D·Nk instead of 2·D·(D/2)·Nk multiply-adds.
         """
         h = self.num_heads
+        if q_in.shape[0] < k_in.shape[0]:  # one set of tokens for per-prompt images: the batch is the images'
+            q_in = q_in.expand(k_in.shape[0], -1, -1)
         qh = self.heads(self.q_proj(q_in)) * (1.0 / math.sqrt(self.internal_dim // h))
         b, _, nq, _ = qh.shape
         rows = torch.einsum("bhnd,hdc->bhnc", qh, self._split_weight(self.k_proj)).reshape(b, h * nq, -1)
@@ -125,6 +127,9 @@ class Attention(nn.Module):
         ``input`` free for the ``residual``: one GEMM writes ``residual + attention`` for all image tokens.
         """
         h = self.num_heads
+        batch = max(q_in.shape[0], 1 if q is None else q.shape[0])
+        if k_in.shape[0] < batch:  # one set of tokens for per-prompt images: the batch is the images'
+            k_in, v_in = k_in.expand(batch, -1, -1), v_in.expand(batch, -1, -1)
         scale = 1.0 / math.sqrt(self.internal_dim // h)
         kh = self.heads(self.k_proj(k_in)) * scale
         vh = self.heads(self.v_proj(v_in))
@@ -179,7 +184,7 @@ def _subpixels_to_image(masks: Tensor) -> Tensor:
     b, k, h, w = masks.shape[:4]
     order = (0, 1, 2, 4, 6, 3, 5, 7)  # b, k, h, i1, i2, w, j1, j2
     wide = {2: torch.int32, 4: torch.int64}.get(masks.element_size())
-    if wide is None or (torch.is_grad_enabled() and masks.requires_grad):
+    if wide is None or (torch.is_grad_enabled() and masks.requires_grad) or has_forward_tangent(masks):
         return masks.permute(order).reshape(b, k, 4 * h, 4 * w)
     pairs = masks.contiguous().view(wide).permute(order).contiguous()
     return pairs.view(masks.dtype).view(b, k, 4 * h, 4 * w)
