@@ -149,6 +149,21 @@ def test_empty_mask_with_nan_stability_is_written(tmp_path):
     assert feature["geometry"] is None and feature["properties"]["stability"] is None
 
 
+def test_json_formats_take_a_file_name_that_is_not_utf8(tmp_path, records):
+    """On Linux a file name need not be UTF-8: Python gives its odd bytes as lone surrogates, which UTF-8
+    cannot encode (every JSON write failed, and run_batch's summary with it). They are written as escapes
+    that read back to the same name, in a file that is valid UTF-8."""
+    import os
+
+    name = os.fsdecode(b"caf\xe9 \xc3\xa9t\xe9.png")  # 'caf\udce9 ét\udce9.png'
+    paths = {fmt: tmp_path / f"x{suffix}" for fmt, suffix in O.SUFFIXES.items() if fmt in ("sa1b", "geojson")}
+    O.write_formats(records, np.zeros((H, W, 3), np.uint8), paths, image_id=1, file_name=name)
+    sa1b = json.loads(paths["sa1b"].read_bytes().decode("utf-8"))
+    assert sa1b["image"]["file_name"] == name and os.fsencode(sa1b["image"]["file_name"]) == b"caf\xe9 \xc3\xa9t\xe9.png"
+    assert json.loads(paths["geojson"].read_bytes().decode("utf-8"))["name"] == name
+    assert O.dumps({"a": "é"}) == '{"a":"é"}\n'  # valid text is written as before
+
+
 def test_size_mismatch_is_an_error(records):
     with pytest.raises(ValueError, match="size"):
         O.sa1b_json(records, image_id=1, width=W + 1, height=H, file_name="x")
@@ -246,6 +261,65 @@ def test_tolerance_simplifies():
     assert O.mask_to_polygons(np.zeros((5, 5), bool)) == []
     with pytest.raises(ValueError):
         O.mask_to_polygons(disk, tolerance=-1)
+
+
+def _ring_is_simple(ring) -> bool:
+    """Brute force: no repeated vertex, no spike, and no two non-adjacent edges that cross or touch."""
+    p = [tuple(v) for v in ring]
+    n = len(p)
+    if len(set(p)) != n:
+        return False
+
+    def side(a, b, c):
+        return np.sign((b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0]))
+
+    def meet(a, b, c, d):
+        if side(a, b, c) == side(a, b, d) == side(c, d, a) == side(c, d, b) == 0:  # collinear: extents overlap
+            return all(min(a[k], b[k]) <= max(c[k], d[k]) and min(c[k], d[k]) <= max(a[k], b[k]) for k in (0, 1))
+        return side(a, b, c) * side(a, b, d) <= 0 and side(c, d, a) * side(c, d, b) <= 0
+
+    for i in range(n):
+        a, b, c = p[i], p[(i + 1) % n], p[(i + 2) % n]
+        if side(a, b, c) == 0 and (b[0] - a[0]) * (c[0] - b[0]) + (b[1] - a[1]) * (c[1] - b[1]) < 0:
+            return False  # spike
+        for j in range(i + 2, n - (i == 0)):
+            if meet(a, b, p[j], p[(j + 1) % n]):
+                return False
+    return True
+
+
+def test_simplified_rings_do_not_cross_themselves():
+    """Douglas–Peucker can turn a simple ring into a self-crossing one (this part's exterior became a bow tie
+    at tolerance 2): such a ring is simplified again with a smaller tolerance, so every ring stays simple."""
+    rows = [
+        ".....XXX..........",
+        ".....XXXXX........",
+        ".....X...XX.......",
+        "X....X...XXX......",
+        "XX.......XXXXX....",
+        "XX.......XXXXX....",
+        "X.................",
+        "..............XXXX",
+        "XXX..............X",
+        "XXX...............",
+    ]
+    m = np.array([[c == "X" for c in row] for row in rows])
+    masks = [m]
+    for seed in (1676, 2128):  # blobs with a self-touching ring at tolerance 1
+        import cv2
+
+        rng = np.random.default_rng(seed)
+        h, w = rng.integers(10, 40, 2)
+        masks.append(cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 1.5) > 0.5)
+    for mask in masks:
+        for tolerance in (1.0, 2.0, 3.0):
+            polys = O.mask_to_polygons(mask, tolerance)
+            for p in polys:
+                assert _shoelace(p["exterior"]) > 0 and all(_shoelace(h) < 0 for h in p["holes"])
+                for ring in [p["exterior"], *p["holes"]]:
+                    assert _ring_is_simple(ring), (tolerance, ring)
+    top = O.mask_to_polygons(m, 2.0)  # the bow tie's part, simplified at tolerance 1 instead
+    assert len(top) == 1 and O.polygon_area(top[0]) == 23.5
 
 
 # --------------------------------------------------------------------------------------------- GeoJSON

@@ -244,11 +244,56 @@ def _clean_ring(points: np.ndarray) -> np.ndarray:
 
 
 def _simplify(ring: np.ndarray, tolerance: float) -> np.ndarray:
+    """Douglas–Peucker of a simple ring. A result that crosses or touches itself (Douglas–Peucker does not
+    keep a ring simple) is redone at half, then a quarter of the tolerance, and the exact ring kept when
+    that fails too; a collapsed result (< 3 vertices or no area) is returned as is, to be dropped."""
     if tolerance <= 0 or len(ring) < 4:
         return ring
     cv2 = _cv2()
-    out = cv2.approxPolyDP(np.ascontiguousarray(ring.reshape(-1, 1, 2), dtype=np.int32), float(tolerance), True)
-    return out.reshape(-1, 2).astype(np.int64)
+    contour = np.ascontiguousarray(ring.reshape(-1, 1, 2), dtype=np.int32)
+    for eps in (tolerance, tolerance / 2, tolerance / 4):
+        out = cv2.approxPolyDP(contour, float(eps), True).reshape(-1, 2).astype(np.int64)
+        if len(out) < 3 or _shoelace(out) == 0 or _is_simple(out):
+            return out
+    return ring
+
+
+def _side(p: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Sign of the turn ``p → q → r`` per row of ``N×2`` points: 1 left, -1 right, 0 collinear."""
+    return np.sign((q[:, 0] - p[:, 0]) * (r[:, 1] - p[:, 1]) - (q[:, 1] - p[:, 1]) * (r[:, 0] - p[:, 0]))
+
+
+def _is_simple(ring: np.ndarray) -> bool:
+    """Whether an open ring of integer vertices is simple: no repeated vertex, no spike, and no two
+    non-adjacent edges that meet (cross or touch). Edges are paired only where their x-extents overlap."""
+    a = np.asarray(ring, dtype=np.int64)
+    n = len(a)
+    if n < 3 or len(np.unique(a, axis=0)) != n:
+        return False
+    b = _shift(a, -1)
+    d1, d2 = b - a, _shift(b, -1) - b
+    if ((d1[:, 0] * d2[:, 1] == d1[:, 1] * d2[:, 0]) & ((d1 * d2).sum(axis=1) < 0)).any():
+        return False  # an edge that turns back along the previous one
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    order = np.argsort(lo[:, 0], kind="stable")
+    ends = np.searchsorted(lo[order, 0], hi[order, 0], side="right")  # sorted edges starting within each one
+    for start in range(0, n, 512):
+        idx = np.arange(start, min(n, start + 512))
+        cnt = np.maximum(ends[idx] - idx - 1, 0)
+        if cnt.sum() == 0:
+            continue
+        first = np.repeat(idx, cnt)
+        second = first + 1 + np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        i, j = np.minimum(order[first], order[second]), np.maximum(order[first], order[second])
+        keep = (j - i != 1) & ~((i == 0) & (j == n - 1))  # adjacent edges share a vertex
+        keep &= (lo[i, 1] <= hi[j, 1]) & (lo[j, 1] <= hi[i, 1])
+        i, j = i[keep], j[keep]
+        # extents overlap, so two collinear edges meet as well
+        apart_i = _side(a[i], b[i], a[j]) * _side(a[i], b[i], b[j]) > 0  # edge j on one side of edge i's line
+        apart_j = _side(a[j], b[j], a[i]) * _side(a[j], b[j], b[i]) > 0
+        if not (apart_i | apart_j).all():
+            return False
+    return True
 
 
 def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.0) -> List[Polygon]:
@@ -265,6 +310,8 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.0) -> List[Polygon]:
     polygon. ``tolerance`` > 0 simplifies each ring with Douglas–Peucker (``cv2.approxPolyDP``, maximum
     distance in pixels); rings that collapse below 3 vertices are dropped (a dropped exterior drops its
     part), and simplified rings of neighbouring parts or holes may cross — as with any per-ring simplifier.
+    Each ring stays simple: one that Douglas–Peucker would make cross or touch itself is simplified with
+    half, then a quarter of the tolerance, and kept exact when that fails too.
     """
     cv2 = _cv2()
     if not (tolerance >= 0 and math.isfinite(tolerance)):
@@ -578,8 +625,12 @@ def render_masks_overlay(image: np.ndarray, records: Sequence[Record]) -> np.nda
 
 # --------------------------------------------------------------------------------------------- writing
 def dumps(obj: Any) -> str:
-    """Compact, deterministic JSON text (UTF-8, no NaN) — byte-identical for equal inputs."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n"
+    """Compact, deterministic JSON text (UTF-8, no NaN) — byte-identical for equal inputs.
+
+    Lone surrogates (a file name that is not valid UTF-8, as ``os.fsdecode`` gives it) are written as
+    ``\\uXXXX`` escapes, which ``json.loads`` reads back to the same name; UTF-8 cannot encode them."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def write_bytes(data: bytes, path: PathLike, *, durable: bool = False) -> Path:
