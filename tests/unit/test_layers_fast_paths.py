@@ -215,3 +215,17 @@ def test_subpixels_to_image_forward_mode_tangent():
     with torch.no_grad():
         _, tangent = jvp(_subpixels_to_image, (masks,), (t,))
     assert torch.equal(tangent, t.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(1, 2, 12, 16))
+
+
+def test_linear_follows_cpu_autocast_as_f_linear_does():
+    """Under ``torch.autocast("cpu", bfloat16)`` without an autograd graph (a frozen encoder in bf16 training)
+    the oneDNN route ran float32; F.linear, like nn.Linear, computes in bfloat16 there."""
+    from promptseg.layers.linear import linear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(32, 16)
+    x = torch.randn(4, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got, expected = linear(x, layer), layer(x)
+    assert got.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected)

@@ -4,9 +4,10 @@ On x86 CPUs oneDNN's fp32 GEMM is often faster than the BLAS behind :func:`torch
 (≈ 13 % single-threaded, up to 25 % with two threads on an AVX-512 EPYC), and it can fuse the GELU of a
 transformer MLP (and the bias, so no bias-filled output is written first). :func:`linear` uses it where it
 is safe — float32 or bfloat16 CPU tensors (bfloat16 where the CPU has native bf16 dot products) with no
-autograd graph being recorded and no forward-mode tangent — and falls back to ``F.linear`` everywhere
-else, so training and other devices see the plain op. In float32 results differ from ``F.linear`` only by
-summation order (~1e-6 relative); in bfloat16 the fused GELU is applied before the one rounding to bfloat16.
+autograd graph being recorded, no forward-mode tangent and no CPU autocast — and falls back to ``F.linear``
+everywhere else, so training and other devices see the plain op. In float32 results differ from
+``F.linear`` only by summation order (~1e-6 relative); in bfloat16 the fused GELU is applied before the one
+rounding to bfloat16.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def _use_onednn(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
         return False
     if has_forward_tangent(x, weight, bias):  # forward-mode AD: the oneDNN op has no derivative (tangent dropped)
+        return False
+    if torch.is_autocast_enabled("cpu"):  # F.linear follows autocast (e.g. bf16 training of a frozen encoder)
         return False
     if x.dtype == torch.bfloat16:
         return _onednn_bf16_available()
