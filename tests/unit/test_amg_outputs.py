@@ -116,6 +116,10 @@ def test_coco_results_schema(records, masks):
         assert r["score"] == pytest.approx(float(rec["predicted_iou"]))
         np.testing.assert_array_equal(rle_to_mask(r["segmentation"]), mask)
         assert r["bbox"] == mask_bbox(mask) and r["area"] == int(mask.sum())
+    bad = [dict(rec) for rec in records]
+    bad[1]["predicted_iou"] = float("nan")  # was "Out of range float values are not JSON compliant" from dumps
+    with pytest.raises(ValueError, match="record 1: predicted_iou is nan"):
+        O.coco_results(bad, image_id=1)
 
 
 

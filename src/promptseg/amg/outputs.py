@@ -170,13 +170,17 @@ def coco_results(records: Sequence[Record], *, image_id: int, category_id: int =
     width is one less (SAM's ``x_max - x_min`` of the inclusive pixel box: 0 for a one-pixel mask).
     """
     out = []
-    for r in records:
+    for i, r in enumerate(records):
+        score = float(r["predicted_iou"])
+        if not math.isfinite(score):  # COCO evaluation ranks by score: no null to write, unlike the SA-1B JSON
+            raise ValueError(f"record {i}: predicted_iou is {score}, which COCO results cannot hold as a score "
+                             "(a model producing non-finite outputs?); leave the coco format out to keep the rest")
         rle = record_rle(r)
         out.append({
             "image_id": int(image_id),
             "category_id": int(category_id),
             "segmentation": rle,
-            "score": float(r["predicted_iou"]),
+            "score": score,
             "bbox": _rle_bbox(rle),
             "area": int(r["area"]),
         })
