@@ -103,7 +103,8 @@ class SamPredictor:
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             batch = torch.cat([self.model.preprocess(t.to(self.device, torch.float32)) for t in chunk])
-            features.append(self.model.image_encoder(batch.to(dtype)).to(dtype))  # the decoder's dtype
+            # the encoder casts the float32 pixels to its own dtype; its output goes to the decoder's dtype
+            features.append(self.model.image_encoder(batch).to(dtype))
         self.features = torch.cat(features)
         self.input_sizes = [tuple(int(s) for s in t.shape[-2:]) for t in images]
         self.original_sizes = [tuple(int(s) for s in size) for size in original_sizes]

@@ -743,3 +743,18 @@ def test_a_replaced_decoder_or_prompt_encoder_is_used_on_the_set_image(helpers, 
         assert np.abs(expected - before).max() > 1e-2  # the change matters
         np.testing.assert_allclose(got, expected, atol=1e-5)
         np.testing.assert_allclose(got_iou, expected_iou, atol=1e-5)
+
+
+def test_a_float32_encoder_under_a_bfloat16_decoder_sees_float32_pixels(tiny_sam, image):
+    """The predictor cast the normalised pixels to the decoder's dtype before the encoder: with
+    ``dtype=bfloat16, encoder_dtype=float32`` the float32 encoder saw bf16-rounded pixels."""
+    import copy
+
+    mixed = copy.deepcopy(tiny_sam).to(torch.bfloat16)
+    mixed.image_encoder.to(torch.float32)
+    predictor = SamPredictor(mixed)
+    predictor.set_image(image)
+    pixels = torch.as_tensor(predictor.transform.apply_image(image)).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        expected = mixed.image_encoder(mixed.preprocess(pixels)).to(torch.bfloat16)  # float32 all the way in
+    torch.testing.assert_close(predictor.features, expected, atol=0, rtol=0)
