@@ -300,6 +300,9 @@ class SamPredictor:
         if (point_coords is None) != (point_labels is None):
             raise ValueError("point_coords and point_labels must be given together")
         points = (point_coords, point_labels) if point_coords is not None else None
+        for name, prompt in (("point_coords", point_coords), ("boxes", boxes), ("mask_input", mask_input)):
+            if prompt is not None and (prompt.ndim == 0 or prompt.shape[0] == 0):  # the decoder failed on B = 0
+                raise ValueError(f"{name} must hold B ≥ 1 prompts, got shape {tuple(prompt.shape)}")
         multimask_output = self._resolve_multimask(multimask_output, point_labels, boxes, mask_input)
         low = tuple(self.model.prompt_encoder.mask_input_size)
         if mask_input is not None and (mask_input.ndim != 4 or tuple(mask_input.shape[1:]) != (1,) + low):

@@ -505,6 +505,15 @@ def test_evaluate_vos_scores_a_binary_0_255_annotation_in_its_own_ids(sequence):
     assert report["JF_mean"] == 1.0 and report["num_objects"] == 1
 
 
+def test_evaluate_vos_names_a_sequence_without_frames(predictor, sequence):
+    """A sequence of zero frames (and zero label maps) failed with ``IndexError: list index out of range``;
+    it is a ValueError naming the sequence."""
+    from promptseg.incontext.video import evaluate_vos
+
+    with pytest.raises(ValueError, match="sequence 'empty' has no frames"):
+        evaluate_vos(predictor, [sequence, ("empty", [], [])])
+
+
 def test_synthetic_sequences_show_every_object_in_the_first_frame(monkeypatch):
     from promptseg.incontext import synth_video
     from promptseg.incontext.synth_video import make_sequence

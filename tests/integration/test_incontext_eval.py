@@ -129,6 +129,13 @@ def test_episodes_are_deterministic_and_hold_their_category():
         oneshot_episodes(scenes, num_examples=7)
 
 
+def test_episodes_name_min_area_when_it_filters_every_category():
+    """With every named mask under ``min_area`` the error said the scenes had no named category mask at all
+    (the scenes do: ``--min-area`` had filtered them); it names the area limit."""
+    with pytest.raises(ValueError, match="no scene has a named category mask of at least min_area=10000 pixels"):
+        oneshot_episodes(_shape_scenes(), num_examples=1, min_area=10_000)
+
+
 def test_an_oracle_scores_one_and_the_settings_see_their_examples():
     eps = oneshot_episodes(_shape_scenes(), num_examples=3, num_episodes=4)
     oracle = Oracle(eps)

@@ -145,3 +145,18 @@ def test_compose_reseed_with_a_seed_sequence_or_a_list_is_deterministic(seed):
 def test_out_of_range_probability_and_scale_are_named_errors(make):
     with pytest.raises(ValueError, match="p must be a probability|scale must be"):
         make()
+
+
+@pytest.mark.parametrize("pad_value", [256, -1, float("nan"), (0, 0, 300), (1, 2)])
+def test_lsj_pad_value_outside_uint8_is_a_named_error(pad_value):
+    """A ``pad_value`` outside [0, 255] was accepted, then every call (in the loader's workers) failed with
+    NumPy's ``OverflowError: Python integer 256 out of bounds for uint8``."""
+    with pytest.raises(ValueError, match="pad_value must be in"):
+        LargeScaleJitter(64, pad_value=pad_value)
+
+
+def test_lsj_pads_with_a_grey_or_an_rgb_pad_value():
+    item = labelled_item(10, 20)
+    for pad in (114, (1, 2, 3)):
+        out = LargeScaleJitter(64, scale=(0.5, 0.5), pad_value=pad, rng=0)(item)
+        np.testing.assert_array_equal(out["image"][-1, -1], np.broadcast_to(pad, 3))

@@ -160,3 +160,16 @@ def test_label_png_round_trip_and_formats(tmp_path):
     with pytest.raises(ValueError, match="cannot read mask"):
         pal.read_label_png(tmp_path / "bad.png")
     assert not list(tmp_path.glob(".*.tmp")) and not list((tmp_path / "sub").glob(".*.tmp"))
+
+
+def test_a_float_label_map_beyond_int64_is_named_not_wrapped():
+    """A float label map with a whole number ≥ 2**63 (1e30) wrapped to a negative int64 in the cast, with a
+    NumPy "invalid value encountered in cast" RuntimeWarning and a misleading "negative labels" error."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"mask has labels up to 1e\+30"):
+            pal.as_label_map(np.array([[0.0, 1e30]]))
+    labels, _ = pal.as_label_map(np.array([[0.0, 3.0]]))
+    np.testing.assert_array_equal(labels, [[0, 3]])

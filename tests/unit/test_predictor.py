@@ -758,3 +758,19 @@ def test_a_float32_encoder_under_a_bfloat16_decoder_sees_float32_pixels(tiny_sam
     with torch.no_grad():
         expected = mixed.image_encoder(mixed.preprocess(pixels)).to(torch.bfloat16)  # float32 all the way in
     torch.testing.assert_close(predictor.features, expected, atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Audit round 3 (degenerate inputs)
+
+
+def test_predict_torch_with_no_prompt_is_a_value_error(predictor):
+    """``predict_torch`` with ``B = 0`` prompts (a detector that found no box, as in Grounded-SAM pipelines)
+    failed deep in the decoder's attention ("cannot reshape tensor of 0 elements"); it is a ValueError naming
+    the argument, as ``predict_many`` gives for ``B = 0``."""
+    with pytest.raises(ValueError, match=r"boxes must hold B ≥ 1 prompts, got shape \(0, 4\)"):
+        predictor.predict_torch(None, None, torch.zeros(0, 4))
+    with pytest.raises(ValueError, match="point_coords must hold B ≥ 1"):
+        predictor.predict_torch(torch.zeros(0, 1, 2), torch.zeros(0, 1))
+    with pytest.raises(ValueError, match="mask_input must hold B ≥ 1"):
+        predictor.predict_torch(None, None, mask_input=torch.zeros(0, 1, 32, 32))

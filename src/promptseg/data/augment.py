@@ -98,6 +98,9 @@ class LargeScaleJitter(_Random):
         lo, hi = (float(s) for s in scale)
         if not 0 < lo <= hi < float("inf"):
             raise ValueError(f"scale must be (low, high) with 0 < low ≤ high < inf, got {scale}")
+        pad = np.asarray(pad_value, dtype=np.float64)  # out of uint8 range, it failed at call time (OverflowError)
+        if pad.shape not in ((), (3,)) or not ((pad >= 0) & (pad <= 255)).all():
+            raise ValueError(f"pad_value must be in [0, 255] (or an RGB triple of such values), got {pad_value!r}")
         self.output_size, self.scale = int(output_size), (lo, hi)
         self.pad_value, self.min_area = pad_value, int(min_area)
 

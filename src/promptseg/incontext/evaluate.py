@@ -152,8 +152,9 @@ def oneshot_episodes(
     dataset = open_scenes(dataset)
     index = SceneIndex.build(dataset, PairConfig(min_mask_area=max(0, int(min_area))))
     if not index.scenes_with:
-        raise ValueError("no scene has a named category mask (per-mask 'names', e.g. from `promptseg data synth` "
-                         "with emoji): one-shot episodes need categories")
+        area = f" of at least min_area={int(min_area)} pixels" if int(min_area) > 0 else ""
+        raise ValueError(f"no scene has a named category mask{area} (per-mask 'names', e.g. from `promptseg data "
+                         "synth` with emoji): one-shot episodes need categories")
     eligible = sorted(c for c, v in index.scenes_with.items() if len(v) >= num_examples + 1)
     if not eligible:
         best = max(index.scenes_with, key=lambda c: (len(index.scenes_with[c]), c))

@@ -171,6 +171,8 @@ def _label_array(labels: Any, name: str) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
             raise ValueError(f"{name} must hold whole-number labels, got non-integer floats")
+        if arr.size and arr.max() >= 2.0**63:  # the int64 cast would wrap to a negative label
+            raise ValueError(f"{name} has labels up to {arr.max():.4g}, beyond any palette")
         arr = arr.astype(np.int64)
     elif not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must be bool or integer labels, got dtype {arr.dtype}")

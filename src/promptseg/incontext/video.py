@@ -280,6 +280,8 @@ def evaluate_vos(
         name, frames, gt = _sequence_parts(seq, i)
         if len(frames) != len(gt):
             raise ValueError(f"sequence {name!r} has {len(frames)} frames but {len(gt)} label maps")
+        if len(gt) == 0:
+            raise ValueError(f"sequence {name!r} has no frames")
         first = np.asarray(gt[0])
         pred = list(segment_video(predictor, frames, first, fifo=fifo, ensemble=ensemble))
         if first.shape == pred[0].shape:  # (given label, gt id) pairs of the annotated frame
