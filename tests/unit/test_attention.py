@@ -271,6 +271,7 @@ def test_register_attention_backend_checks_name_and_function():
         attention_module._BACKENDS.update(before)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # inside torch.func
 def test_decomposed_bias_attention_under_forward_mode_ad():
     """``torch.func.jvp`` without an autograd graph: the blocked path's in-place ``out=`` kernels have no
     forward derivative (it raised); it takes its out-of-place route there and matches eager."""
