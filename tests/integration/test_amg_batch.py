@@ -175,6 +175,34 @@ def test_local_engine_restores_the_callers_thread_count(tmp_path, helpers, check
         torch.set_num_threads(before)
 
 
+def test_the_local_engine_restores_the_thread_count_when_the_loop_fails(tmp_path, helpers, checkpoint):
+    """An error in run_batch's own loop (here: the stream refusing a failure line) left the engine's
+    generator suspended, so the caller's thread count came back only once the exception was freed."""
+    import io
+
+    import torch
+
+    _write_images(tmp_path / "in", helpers, count=1)  # and broken.jpg: a failure line
+    factory = GeneratorFactory(str(checkpoint), generator=_generator_spec(), options=dict(OPTIONS), threads=1,
+                               tune_allocator=False)
+
+    class Stream(io.StringIO):
+        def write(self, text):
+            if "failed:" in text:
+                raise OSError("stream closed")
+            return super().write(text)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(OSError, match="stream closed") as info:
+            run_batch([tmp_path / "in"], tmp_path / "out", factory, ["sa1b"], progress=False, stream=Stream())
+        assert info.value.__traceback__ is not None  # the exception, with run_batch's frame, is still alive
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_part_dtypes_are_part_of_the_fingerprint_only_when_set(checkpoint):
     import dataclasses
 

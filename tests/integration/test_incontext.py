@@ -308,8 +308,7 @@ def test_run_video_refuses_frames_with_the_same_name(predictor, sequence, tmp_pa
 
 
 def test_run_video_writes_masks_from_a_folder_and_a_video_file(predictor, sequence, tmp_path):
-    import cv2
-
+    pytest.importorskip("cv2")
     from promptseg.incontext.video import open_frames, run_video
 
     frames_dir = tmp_path / "frames"
@@ -320,11 +319,7 @@ def test_run_video_writes_masks_from_a_folder_and_a_video_file(predictor, sequen
     assert [p.name for p in run.masks] == ["f2.png", "f10.png", "f11.png", "f30.png"]
     assert len(run.overlays) == 4 and all(p.is_file() for p in run.masks + run.overlays)
     np.testing.assert_array_equal(pal.read_label_png(run.masks[0]), sequence.labels[0])
-    video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
-    for f in sequence.frames:
-        writer.write(np.ascontiguousarray(f[..., ::-1]))
-    writer.release()
+    video = _write_avi(tmp_path / "clip.avi", sequence.frames)
     source = open_frames(video)
     names = [name for name, _ in source]
     assert names == ["00000", "00001", "00002", "00003"]
@@ -337,6 +332,56 @@ def test_run_video_writes_masks_from_a_folder_and_a_video_file(predictor, sequen
     (tmp_path / "junk.mp4").write_bytes(b"nope")
     with pytest.raises(ValueError, match="cannot read video"):
         open_frames(tmp_path / "junk.mp4")
+
+
+def _write_avi(path, frames):
+    """``frames`` (RGB ``H×W×3``) as an MJPG video file at ``path``."""
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (w, h))
+    for f in frames:
+        writer.write(np.ascontiguousarray(f[..., ::-1]))
+    writer.release()
+    return path
+
+
+def test_run_video_releases_the_video_when_a_frame_fails(predictor, sequence, tmp_path, monkeypatch):
+    """A prediction error (or Ctrl-C) mid-video left the OpenCV capture open for as long as the exception
+    lived (a notebook keeps the last one): one file descriptor and a decoder per failed run."""
+    import cv2
+
+    from promptseg.incontext.video import open_frames, run_video
+
+    video = _write_avi(tmp_path / "clip.avi", sequence.frames)
+    source = open_frames(video)
+    captures = []
+    real = cv2.VideoCapture
+
+    class Capture:
+        def __init__(self, *args):
+            self.cap, self.released = real(*args), False
+            captures.append(self)
+
+        def read(self):
+            return self.cap.read()
+
+        def get(self, prop):
+            return self.cap.get(prop)
+
+        def release(self):
+            self.released = True
+            self.cap.release()
+
+    class Failing:
+        def predict(self, *args, **kwargs):
+            raise RuntimeError("prediction failed")
+
+    monkeypatch.setattr(cv2, "VideoCapture", Capture)
+    with pytest.raises(RuntimeError, match="prediction failed") as info:
+        run_video(Failing(), source, sequence.labels[0], tmp_path / "out", overlay=False, progress=False)
+    assert info.value.__traceback__ is not None  # the exception, with run_video's frame, is still alive
+    assert captures and all(c.released for c in captures)
 
 
 def test_evaluate_vos_on_synthetic_sequences(predictor, sequence):

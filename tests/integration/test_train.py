@@ -212,6 +212,27 @@ def test_a_second_train_call_keeps_the_metrics_of_the_first(tmp_path):
     assert [r["loss"] for r in read_metrics(tmp_path / "a")] == [repr(r["loss"]) for r in reference.history]
 
 
+def test_an_interrupted_run_stops_its_loader_workers(tmp_path):
+    """Ctrl-C in a notebook keeps the exception (``sys.last_value``) and with it the loop's frames: the
+    DataLoader's worker processes must stop when ``train`` exits, not when that traceback is freed."""
+    import multiprocessing
+
+    trainer = Trainer(make_config(tmp_path, max_steps=4, num_workers=1))
+    step = trainer.train_step
+
+    def interrupted(batches):
+        if trainer.step == 1:
+            raise KeyboardInterrupt
+        return step(batches)
+
+    trainer.train_step = interrupted
+    with pytest.raises(KeyboardInterrupt) as info:
+        trainer.train()
+    assert info.value.__traceback__ is not None  # still held, as sys.last_traceback holds it
+    assert multiprocessing.active_children() == []
+    assert list_checkpoints(tmp_path) == []  # nothing half-written: no checkpoint was due yet
+
+
 def test_progress_bar_shows_the_loss_of_the_step_it_counts(tmp_path, monkeypatch):
     import tqdm.auto
 

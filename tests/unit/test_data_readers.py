@@ -288,6 +288,39 @@ def test_folder_errors(tmp_path):
 
 
 
+def test_folder_truncated_mask_png_does_not_keep_the_file_open(tmp_path):
+    """A PNG whose header reads but whose pixels do not: the ValueError must not hold the file open (it
+    did for as long as the exception lived: a ResourceWarning, a descriptor per bad mask while kept)."""
+    import gc
+    import io
+    import os
+    import warnings
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    write_png(images / "one.png", image())
+    buf = io.BytesIO()
+    Image.fromarray(rect(0, 5, 0, 5).astype(np.uint8) * 255).save(buf, format="PNG")
+    data = buf.getvalue()
+    (masks / "one").mkdir(parents=True)
+    (masks / "one" / "m.png").write_bytes(data[: len(data) // 2 + 10])
+    (masks / "two.png").write_bytes(data[: len(data) // 2 + 10])
+    write_png(images / "two.png", image(1))
+    ds = MaskFolderDataset(images, masks)
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    kept = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        for index in (0, 1):
+            with pytest.raises(ValueError, match=r"cannot read mask PNG") as info:
+                ds[index]
+            kept.append(info.value)
+        if before is not None:
+            assert len(os.listdir("/proc/self/fd")) == before
+        kept.clear()
+        gc.collect()
+
+
 def test_folder_without_mask_pngs_fails_on_load_too(tmp_path):
     images, masks = tmp_path / "images", tmp_path / "masks"
     write_png(images / "one.png", image())

@@ -280,6 +280,33 @@ def test_generate_dataset_without_opencv_names_the_extra_and_writes_nothing(tmp_
     assert not (tmp_path / "out").exists()
 
 
+def test_an_interrupted_run_leaves_no_image_without_its_annotations(tmp_path, monkeypatch):
+    """Ctrl-C (or a full disk) between a scene's JPEG and its JSON left sa_<i>.jpg alone, and SA1BDataset
+    then refused the whole folder ("annotation file not found"); the scenes written before stay readable."""
+    from promptseg.data import sa1b
+
+    write = sa1b.write_sa1b_json
+    calls = []
+
+    def interrupted(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return write(path, *args, **kwargs)
+
+    monkeypatch.setattr(sa1b, "write_sa1b_json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset(tmp_path, 3, seed=0, config=SHAPES)
+    assert sorted(p.name for p in tmp_path.glob("sa_*")) == ["sa_0.jpg", "sa_0.json"]
+    assert len(SA1BDataset(tmp_path)) == 1
+    monkeypatch.setattr(sa1b, "write_sa1b_json", write)
+    generate_dataset(tmp_path, 3, seed=0, config=SHAPES)  # the same run again completes the folder
+    monkeypatch.setattr(sa1b, "write_sa1b_json", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):  # rewriting a complete scene keeps its image
+        generate_dataset(tmp_path, 1, seed=0, config=SHAPES, start=1)
+    assert len(SA1BDataset(tmp_path)) == 3
+
+
 def test_a_folder_is_extended_only_by_runs_of_the_same_settings(tmp_path):
     """Runs of one seed and config may fill other index ranges of a folder (synth_meta.json lists them all);
     another seed or config was mixed in silently, the meta file then describing only the last run."""

@@ -891,6 +891,7 @@ def run_batch(
                     bar.set_postfix(masks=summary.masks, failed=summary.failed, refresh=False)
                     bar.update(1)
             finally:
+                results.close()  # the engine's clean-up (thread count, Ray shutdown) now, not when garbage-collected
                 bar.close()
         if merge_coco and ("coco" in formats or (out / MERGED_COCO).is_file()):  # images may have rewritten theirs
             _merge_coco(tasks, spec, out / MERGED_COCO)

@@ -33,7 +33,11 @@ def _open_png(path: Path):
         raise FileNotFoundError(f"mask file not found: {path}")
     try:
         im = Image.open(path)
-        im.load()
+        try:
+            im.load()
+        except BaseException:
+            im.close()  # else the file stays open for as long as the exception (and its traceback) lives
+            raise
     except UnidentifiedImageError as err:
         raise ValueError(f"cannot read mask PNG {path}: not a recognised image format") from err
     except (OSError, SyntaxError, ValueError) as err:

@@ -902,20 +902,27 @@ def write_scene(outdir: PathLike, index: int, scene: Scene, overlay: bool = Fals
     outdir = Path(outdir)
     stem = f"sa_{index}"
     data = encode_jpeg(scene.image, scene.jpeg_quality)
-    atomic_write(outdir / f"{stem}.jpg", lambda tmp: Path(tmp).write_bytes(data))
-    ids = list(range(1, len(scene.masks) + 1))
-    extra = [
-        {"name": n, "parent": (ids[p] if p >= 0 else -1), "kind": k}
-        for n, p, k in zip(scene.names, scene.parents, scene.kinds)
-    ]
-    if len(scene.masks):
-        path = write_sa1b_json(outdir / f"{stem}.json", index, f"{stem}.jpg", list(scene.masks), extra, ids)
-    else:
-        from promptseg.io import save_json
+    image_path = outdir / f"{stem}.jpg"
+    paired = (outdir / f"{stem}.json").is_file()  # this scene, from an earlier run of the same settings
+    try:
+        atomic_write(image_path, lambda tmp: Path(tmp).write_bytes(data))
+        ids = list(range(1, len(scene.masks) + 1))
+        extra = [
+            {"name": n, "parent": (ids[p] if p >= 0 else -1), "kind": k}
+            for n, p, k in zip(scene.names, scene.parents, scene.kinds)
+        ]
+        if len(scene.masks):
+            path = write_sa1b_json(outdir / f"{stem}.json", index, f"{stem}.jpg", list(scene.masks), extra, ids)
+        else:
+            from promptseg.io import save_json
 
-        h, w = scene.image.shape[:2]
-        path = save_json({"image": {"image_id": index, "width": w, "height": h, "file_name": f"{stem}.jpg"}, "annotations": []},
-                         outdir / f"{stem}.json")
+            h, w = scene.image.shape[:2]
+            path = save_json({"image": {"image_id": index, "width": w, "height": h, "file_name": f"{stem}.jpg"},
+                              "annotations": []}, outdir / f"{stem}.json")
+    except BaseException:  # Ctrl-C, full disk: no image without its JSON (SA1BDataset refuses such a folder)
+        if not paired:
+            image_path.unlink(missing_ok=True)
+        raise
     if overlay:
         from promptseg.io import save_overlay_png
 

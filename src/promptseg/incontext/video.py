@@ -223,7 +223,8 @@ def run_video(
                 raise ValueError(f"frames {seen[f.stem].name} and {f.name} would both be written to {out / (f.stem + '.png')}; "
                                  f"keep one file per frame name in {frames.path}")
             seen[f.stem] = f
-    ours, theirs = itertools.tee(iter(frames))  # one decode of the video: tee keeps one frame of lag
+    decoded = iter(frames)
+    ours, theirs = itertools.tee(decoded)  # one decode of the video: tee keeps one frame of lag
     run = VideoRun(out, [], [])
     bar = tqdm(total=len(frames) or None, desc="segmenting frames", unit="frame", disable=not progress, file=sys.stderr)
     try:
@@ -239,6 +240,9 @@ def run_video(
                 run.overlays.append(path)
             bar.update(1)
     finally:
+        close = getattr(decoded, "close", None)
+        if close is not None:  # a failed or interrupted run releases the video now, not when garbage-collected
+            close()
         bar.close()
     return run
 

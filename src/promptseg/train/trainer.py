@@ -788,6 +788,7 @@ class Trainer:
                     logger.info("time limit of %.0f s reached at step %d: checkpoint written", time_limit, self.step)
                     break
         finally:
+            batches.close()  # the loader's worker processes stop now, not when an exception's traceback is freed
             bar.close()
             if self._writer is not None:
                 self._writer.close()
