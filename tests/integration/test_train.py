@@ -393,3 +393,15 @@ def test_round_backward_run_and_its_checks(tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
     with pytest.raises(ValueError, match="detach_mask_prompt"):
         make_config(tmp_path / "c", round_backward=True, detach_mask_prompt=False)
+
+
+def test_a_run_whose_area_limits_drop_every_mask_fails_early(tmp_path):
+    """Area limits that drop every mask made a 'successful' run: loss 0 and mIoU 0 in the log, and an exported
+    model changed only by weight decay. The first logging window without a single mask is now an error."""
+    cfg = make_config(tmp_path, min_mask_area=0.95, max_mask_area=0.99, log_every=2, max_steps=6)
+    trainer = Trainer(cfg)
+    with pytest.raises(ValueError, match=r"no mask reached training in 2 step\(s\).*min_mask_area 0.95"):
+        trainer.train()
+    assert trainer.step == 2 and not (tmp_path / "model.safetensors").exists()
+    ok = Trainer(make_config(tmp_path / "ok", log_every=2, max_steps=2))
+    assert ok.train().steps == 2  # masks within the limits: no complaint

@@ -727,6 +727,8 @@ class Trainer:
         round_backward = {"backward_scale": 1.0 / cfg.grad_accum} if getattr(cfg, "round_backward", False) else {}
         for micro in range(cfg.grad_accum):
             batch = self._to_device(next(batches))
+            if "targets" in batch:  # SAM batches: masks that reached training (see _check_masks_seen)
+                self._masks_seen = (getattr(self, "_masks_seen", None) or 0) + int(batch["targets"].shape[0])
             generator = torch.Generator(device=self.device)
             generator.manual_seed(derive_seed(cfg.seed, self.step, micro, self.dist.rank))
             last = micro == cfg.grad_accum - 1
@@ -752,6 +754,23 @@ class Trainer:
         values = metrics.tolist()
         return {"step": float(self.step), "lr": float(lr), **dict(zip(self.metric_names, values))}
 
+    def _check_masks_seen(self, steps: int) -> None:
+        """Fail when the first ``steps`` steps of this call trained no mask on any process: every mask was
+        empty or outside the area limits, and the run would export a model changed only by weight decay."""
+        seen = getattr(self, "_masks_seen", None)
+        if seen is None:  # batches without SAM targets (SegGPT pairs check their own)
+            return
+        count = torch.tensor([seen], dtype=torch.float64, device=self.device)
+        if self.dist.enabled:
+            dist.all_reduce(count)
+        if count.item() == 0:
+            cfg = self.config
+            raise ValueError(
+                f"no mask reached training in {steps} step(s): every mask of those images was empty or outside "
+                f"min_mask_area {getattr(cfg, 'min_mask_area', None)} / max_mask_area "
+                f"{getattr(cfg, 'max_mask_area', None)} (fractions of the image); check the dataset and these limits"
+            )
+
     def train(self, max_steps: Optional[int] = None, time_limit: Optional[float] = None) -> TrainResult:
         """Train until ``max_steps`` (default: the config's) optimiser steps; export the final model.
 
@@ -768,6 +787,7 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True,
                    disable=not (cfg.progress and self.dist.is_main))
         start, first_step = time.perf_counter(), self.step
+        self._masks_seen = None
         last_saved: Optional[Path] = None
         try:
             while self.step < total:
@@ -777,6 +797,8 @@ class Trainer:
                     raise FloatingPointError(f"non-finite loss at step {self.step}: {row}")
                 bar.set_postfix(loss=f"{row['loss']:.4f}", miou=f"{row['miou']:.3f}", refresh=False)
                 bar.update(1)  # shows this step's postfix
+                if self.step - first_step == min(cfg.log_every, total - first_step):
+                    self._check_masks_seen(self.step - first_step)
                 if self.step % cfg.log_every == 0 or self.step == total:
                     self._log(row)
                 if self.step % cfg.checkpoint_every == 0 or self.step == total:
