@@ -553,3 +553,11 @@ def test_console_script_subprocess(files, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "invalid point '40;30'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_python_dash_m_promptseg_runs_the_command():
+    """``python -m promptseg`` is the ``promptseg`` console script (where the script is not on PATH)."""
+    from promptseg import __version__
+
+    proc = subprocess.run([sys.executable, "-m", "promptseg", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and __version__ in proc.stdout + proc.stderr
