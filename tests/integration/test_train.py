@@ -405,3 +405,19 @@ def test_a_run_whose_area_limits_drop_every_mask_fails_early(tmp_path):
     assert trainer.step == 2 and not (tmp_path / "model.safetensors").exists()
     ok = Trainer(make_config(tmp_path / "ok", log_every=2, max_steps=2))
     assert ok.train().steps == 2  # masks within the limits: no complaint
+
+
+def test_resume_continues_from_the_checkpoint_written_last(tmp_path):
+    """A run resumed from an earlier checkpoint (keep_checkpoints 0) leaves the abandoned run's later ones; a
+    plain --resume after it took the highest step, the abandoned run's, dropping the resumed run's steps."""
+    from promptseg.train.trainer import latest_checkpoint
+
+    cfg = make_config(tmp_path, checkpoint_every=1, keep_checkpoints=0, max_steps=4)
+    Trainer(cfg).train()
+    ckpts = tmp_path / "checkpoints"
+    assert latest_checkpoint(tmp_path) == ckpts / "step_00000004.pt"
+    Trainer(cfg, resume=ckpts / "step_00000002.pt").train(max_steps=3)  # back to step 2, on to step 3
+    assert latest_checkpoint(tmp_path) == ckpts / "step_00000003.pt"
+    assert Trainer(cfg, resume=True).resume_from == ckpts / "step_00000003.pt"  # not the abandoned step 4
+    (ckpts / "step_00000003.pt").unlink()  # a pointer to a missing file: the highest step left
+    assert latest_checkpoint(tmp_path) == ckpts / "step_00000004.pt"

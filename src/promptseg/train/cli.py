@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="CONFIG", help="training config (.json)")
     parser.add_argument(
         "--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-        help="continue a run: from CKPT, or (no value) from the latest checkpoint in the output directory",
+        help="continue a run: from CKPT, or (no value) from the checkpoint written last in the output directory",
     )
     parser.add_argument("--out", metavar="DIR", help="output directory (overrides out_dir)")
     parser.add_argument("--device", metavar="DEV", help="torch device: auto, cpu, cuda, cuda:1 … (overrides device)")

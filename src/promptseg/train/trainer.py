@@ -438,11 +438,30 @@ def list_checkpoints(out_dir: PathLike) -> List[Path]:
     return sorted(folder.glob("step_*.pt")) if folder.is_dir() else []
 
 
+#: ``OUT/checkpoints/latest`` names the checkpoint written last.
+LATEST_FILE = "latest"
+
+
+def latest_checkpoint(out_dir: PathLike) -> Optional[Path]:
+    """The checkpoint written last in ``out_dir`` (``checkpoints/latest``), else the one of the highest step.
+
+    They differ after a run resumed from an earlier checkpoint: the abandoned run's later checkpoints may
+    still be there (``keep_checkpoints: 0``), and continuing from them would drop the resumed run's steps."""
+    existing = list_checkpoints(out_dir)
+    pointer = Path(out_dir) / "checkpoints" / LATEST_FILE
+    if pointer.is_file():
+        named = pointer.parent / pointer.read_text(encoding="utf-8").strip()
+        if named in existing:
+            return named
+    return existing[-1] if existing else None
+
+
 class Trainer:
     """Build everything from a :class:`TrainConfig` and run :meth:`train`.
 
     ``resume``: None/False — a fresh run (refused if ``out_dir`` already holds checkpoints);
-    True or ``"auto"`` — continue from the latest checkpoint in ``out_dir`` (fresh if there is none);
+    True or ``"auto"`` — continue from the checkpoint written last in ``out_dir`` (:func:`latest_checkpoint`;
+    fresh if there is none);
     a path — continue from that checkpoint file.
 
     The loop, checkpoints, exact resume, metrics CSV and DDP handling are model-agnostic: another model's
@@ -564,7 +583,7 @@ class Trainer:
             if not existing:
                 logger.info("no checkpoint in %s: starting from scratch", self.out_dir)
                 return None
-            return existing[-1]
+            return latest_checkpoint(self.out_dir)
         path = Path(resume)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -650,6 +669,7 @@ class Trainer:
             if self.average is not None:
                 state["average"] = self.average.state_dict()
             atomic_write(path, lambda tmp: torch.save(state, tmp), durable=True)  # resume needs it whole
+            atomic_write(path.parent / LATEST_FILE, lambda tmp: Path(tmp).write_text(path.name + "\n", encoding="utf-8"))
             keep = self.config.keep_checkpoints
             if keep:  # those of later steps, left by a run resumed from an earlier one, go first: never this one
                 for old in sorted(list_checkpoints(self.out_dir), key=lambda p: p.name <= path.name)[:-keep]:
