@@ -353,3 +353,85 @@ def test_select_masks_reattaches_to_kept_ancestor():
     validate_item(out)
     with pytest.raises(ValueError, match="parents"):
         validate_item({**item, "parents": [0, 0, 0, 0]})
+
+
+# ------------------------------------------------------------------------------------------- audit: fidelity
+def test_index_must_be_an_integer_and_errors_name_the_given_index(sa1b):
+    root, _ = sa1b
+    ds = SA1BDataset(root)
+    assert ds[np.int64(1)]["image_id"] == "2" and ds[-2]["image_id"] == "1"
+    with pytest.raises(TypeError, match="dataset index must be an integer, got float"):
+        ds[1.7]  # was truncated to ds[1]
+    with pytest.raises(TypeError, match="dataset index must be an integer"):
+        ds.load_masks(0.5)
+    with pytest.raises(IndexError, match="index -3 out of range for a dataset of 2 items"):
+        ds[-3]  # said "index -1"
+
+
+def test_sa1b_order_of_numerically_equal_names_does_not_depend_on_listing_order(sa1b, monkeypatch):
+    root, _ = sa1b
+    (root / "sa_2.json").rename(root / "sa_01.json")
+    (root / "sa_2.jpg").rename(root / "sa_01.jpg")
+    glob = Path.glob
+    orders = []
+    for reverse in (False, True):
+        monkeypatch.setattr(Path, "glob", lambda self, p, r=reverse: sorted(glob(self, p), reverse=r))
+        orders.append([p.name for p in SA1BDataset(root).annotation_files])
+    assert orders[0] == orders[1] == ["sa_01.json", "sa_1.json"]
+
+
+def test_coco_duplicate_annotation_ids_keep_each_annotation_on_its_image(coco, tmp_path):
+    """pycocotools maps an id to the last annotation holding it: image 1 lost both of its masks and got
+    image 2's mask twice (converters that number annotations per image write such files)."""
+    images, path, _ = coco
+    doc = json.loads(path.read_text())
+    for ann in doc["annotations"]:
+        ann["id"] = 1
+    bad = tmp_path / "dup_ann.json"
+    bad.write_text(json.dumps(doc))
+    ds = CocoInstancesDataset(images, bad)
+    first, second = ds[0], ds[1]
+    assert first["names"] == ["box", "corner"] and second["names"] == ["corner"]
+    np.testing.assert_array_equal(first["masks"][1], rect(0, 4, 0, 8))
+    np.testing.assert_array_equal(second["masks"], CocoInstancesDataset(images, path)[1]["masks"])
+
+
+def test_coco_duplicate_image_ids_are_refused(coco, tmp_path):
+    """pycocotools keeps the last image of an id and gives it the other's annotations: a.png vanished and its
+    masks were served on b.png."""
+    images, path, _ = coco
+    doc = json.loads(path.read_text())
+    doc["images"][1]["id"] = 1
+    bad = tmp_path / "dup_img.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"dup_img\.json: image id 1 is used twice \('a\.png' and 'b\.png'\)"):
+        CocoInstancesDataset(images, bad)
+
+
+def test_folder_images_sharing_a_stem_are_refused(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    write_png(images / "one.png", image())
+    write_png(images / "one.jpg", image(1))  # both got masks/one.png and image_id "one"
+    write_png(masks / "one.png", rect(0, 5, 0, 5).astype(np.uint8))
+    with pytest.raises(ValueError, match=r"one\.jpg and .*one\.png share the stem 'one'"):
+        MaskFolderDataset(images, masks)
+
+
+def test_folder_grayscale_alpha_label_png_transparent_background(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    write_png(images / "one.png", image())
+    labels = np.zeros((H, W, 2), np.uint8)
+    labels[..., 0] = 9  # transparent grey: was one mask "9" over the whole image
+    labels[0:5, 0:5] = (3, 255)
+    Image.fromarray(labels, mode="LA").save(masks.mkdir() or masks / "one.png")
+    item = MaskFolderDataset(images, masks)[0]
+    assert item["names"] == ["3"]
+    np.testing.assert_array_equal(item["masks"], rect(0, 5, 0, 5)[None])
+
+
+@pytest.mark.parametrize("parent", [[11], {"id": 11}])
+def test_sa1b_parent_must_be_an_id(sa1b, parent):
+    root, _ = sa1b  # was "TypeError: unhashable type" naming no file
+    edit_json(root / "sa_1.json", lambda d: d["annotations"][1].update(parent=parent))
+    with pytest.raises(ValueError, match=r"sa_1\.json, annotation id 12: 'parent' must be the id of another annotation"):
+        SA1BDataset(root)[0]

@@ -36,6 +36,7 @@ Every reader also has ``load_masks(index) -> (masks, names, parents)`` that skip
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -156,11 +157,13 @@ class MaskDataset:
 
     def _check_index(self, index: int) -> int:
         n = len(self)
-        index = int(index)
-        if index < 0:
-            index += n
+        try:
+            given = operator.index(index)  # an integer (numpy's too), not a float truncated to one
+        except TypeError:
+            raise TypeError(f"dataset index must be an integer, got {type(index).__name__} {index!r}") from None
+        index = given + n if given < 0 else given
         if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for a dataset of {n} items")
+            raise IndexError(f"index {given} out of range for a dataset of {n} items")
         return index
 
     def __getitem__(self, index: int) -> Item:

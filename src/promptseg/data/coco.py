@@ -61,6 +61,18 @@ class CocoInstancesDataset(MaskDataset):
         ):
             raise ValueError(f"{self.annotations_json} is not a COCO instances file: expected 'images' and 'annotations' lists")
         data.setdefault("categories", [])
+        seen: Dict[Any, Any] = {}
+        for img in data["images"]:  # pycocotools keeps the last image of an id and gives it every annotation
+            if isinstance(img, dict) and "id" in img:
+                try:
+                    first = seen.setdefault(img["id"], img)
+                except TypeError:
+                    raise ValueError(f"{self.annotations_json}: image id {img['id']!r} is not a number or string") from None
+                if first is not img:
+                    raise ValueError(
+                        f"{self.annotations_json}: image id {img['id']!r} is used twice "
+                        f"({first.get('file_name')!r} and {img.get('file_name')!r}); image ids must be unique"
+                    )
         COCO = _coco_api()
         self.coco = COCO()
         self.coco.dataset = data
@@ -82,7 +94,8 @@ class CocoInstancesDataset(MaskDataset):
             self.image_ids.append(image_id)
 
     def _annotations(self, image_id: int) -> List[Dict[str, Any]]:
-        anns = [self.coco.anns[a] for a in self.coco.getAnnIds(imgIds=[image_id], iscrowd=None)]
+        # the annotations themselves: pycocotools' id → annotation map keeps one annotation per id
+        anns = list(self.coco.imgToAnns.get(image_id, []))
         if not self.include_crowd:
             anns = [a for a in anns if not a.get("iscrowd", 0)]
         return sorted(anns, key=lambda a: a.get("id", 0))

@@ -6,17 +6,17 @@ For each image ``images_dir/<stem>.<jpg|jpeg|png>`` the masks are either
   alpha channel that is not fully opaque, the alpha channel is the mask); ``names`` are the file stems; or
 * one label PNG, ``masks_dir/<stem>.png``: 0 is background and each other value is one mask (8- or 16-bit
   grayscale or palette indices; for an RGB label image each colour other than black is one mask, and
-  fully transparent pixels of an RGBA one are background);
+  fully transparent pixels of an RGBA or grayscale+alpha one are background);
   ``names`` are the values as text (``"3"``, or ``"#ff8800"`` for RGB labels).
 
-If both exist the folder wins. ``parents`` is None.
+If both exist the folder wins. Two images with one stem are refused. ``parents`` is None.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -73,7 +73,11 @@ def read_label_png(path: Path) -> Tuple[np.ndarray, List[str]]:
             values = [int(v) for v in np.unique(labels) if v != 0]
             names = [f"#{v:06x}" for v in values]
         else:
-            if im.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
+            if im.mode == "LA":
+                la = np.asarray(im)
+                labels = la[..., 0].copy()
+                labels[la[..., 1] == 0] = 0  # fully transparent pixels are background, as in an RGBA label PNG
+            elif im.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
                 labels = np.asarray(im)
             else:
                 labels = np.asarray(im.convert("L"))
@@ -118,7 +122,11 @@ class MaskFolderDataset(MaskDataset):
         )
         if not self.images:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.images_dir}")
+        stems: Dict[str, Path] = {}
         for image in self.images:
+            other = stems.setdefault(image.stem, image)
+            if other is not image:  # masks are matched by stem: both would get them, under one image_id
+                raise ValueError(f"images {other} and {image} share the stem {image.stem!r}, which names their masks")
             self._source(image)
 
     def _source(self, image: Path) -> Path:

@@ -188,7 +188,10 @@ class SA1BDataset(MaskDataset):
             names.append(str(ann.get("name") or ""))
             if "parent" in ann:
                 have_parents = True
-            parent_ids.append(ann.get("parent", -1))
+            parent = ann.get("parent", -1)
+            if isinstance(parent, (list, dict)):  # unhashable: a TypeError naming no file when looked up
+                raise ValueError(f"{where}: 'parent' must be the id of another annotation or -1, got {parent!r}")
+            parent_ids.append(parent)
         index_of = {ann_id: i for i, ann_id in enumerate(ids)}
         parents = None
         if have_parents:
@@ -226,11 +229,11 @@ class SA1BDataset(MaskDataset):
         return self._decode(path, data, h, w)
 
 
-def _natural_key(path: Path) -> Tuple[Any, ...]:
-    """Sort ``sa_2`` before ``sa_10``."""
+def _natural_key(path: Path) -> Tuple[Tuple[Any, ...], str]:
+    """Sort ``sa_2`` before ``sa_10``; names equal as numbers (``sa_1``, ``sa_01``) by name, not by listing order."""
     import re
 
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name))
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)), path.name
 
 
 def write_sa1b_json(
