@@ -337,12 +337,9 @@ def _read_checkpoint_summary(path: Path) -> Tuple[Any, str, int, List[str], str]
 
     def stored_config(stored: Any) -> Any:
         if isinstance(stored, dict) and "merge_index" in stored:  # a SegGPT file (promptseg incontext)
-            from promptseg.models.seggpt.config import SegGptConfig
+            from promptseg.models.seggpt.weights import _stored_config as seggpt_stored_config
 
-            try:
-                return SegGptConfig.from_dict(stored)
-            except (TypeError, ValueError) as err:
-                raise CheckpointError(f"checkpoint {path} has an invalid embedded SegGPT config: {err}") from err
+            return seggpt_stored_config(stored, path)
         return _stored_config(stored, path)
 
     if not path.is_file():

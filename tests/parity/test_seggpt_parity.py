@@ -151,6 +151,24 @@ def test_loss_with_random_masking(tiny_pair0, backend: str, shared: bool):
     assert_parity(got, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_loss_is_finite(tiny_pair0, dtype: torch.dtype):
+    """A 256×256 pair hides 65,536 query pixels: more than float16 counts (65,504), so its loss was NaN. Half
+    models are scored in float32 and match the float32 model's loss to their own precision."""
+    _, ours = tiny_pair0
+    model = build_seggpt(TINY)
+    model.load_state_dict(ours.state_dict())
+    gen = torch.Generator().manual_seed(15)
+    names = ("pixel_values", "prompt_pixel_values", "prompt_masks", "labels")
+    inputs = {k: torch.rand(1, 3, 256, 256, generator=gen) for k in names}
+    with torch.no_grad():
+        full = model(**inputs).loss
+        half = model.to(dtype)(**inputs)
+    assert torch.isfinite(half.pred_masks).all()
+    assert torch.isfinite(half.loss) and half.loss.dtype == torch.float32
+    assert abs(half.loss.item() - full.item()) <= 0.02 * full.item()
+
+
 def test_loss_backpropagates(tiny_pair0):
     _, ours = tiny_pair0
     model = build_seggpt(TINY)

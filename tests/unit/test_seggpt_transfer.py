@@ -13,19 +13,21 @@ from promptseg.models.seggpt import SEGGPT_PRESETS, build_seggpt
 from promptseg.models.seggpt.transfer import _centred, init_encoder_from_sam
 
 
-def sam_encoder(heads: int, seed: int = 0) -> ImageEncoderViT:
+def sam_encoder(heads: int, seed: int = 0, qkv_bias: bool = True) -> ImageEncoderViT:
     torch.manual_seed(seed)
     enc = ImageEncoderViT(ImageEncoderConfig(img_size=64, patch_size=8, embed_dim=32, depth=4, num_heads=heads,
-                                             mlp_ratio=4.0, out_chans=16, window_size=3, global_attn_indexes=(1, 3)))
+                                             mlp_ratio=4.0, out_chans=16, qkv_bias=qkv_bias, window_size=3,
+                                             global_attn_indexes=(1, 3)))
     for p in enc.parameters():  # every weight distinct from SegGPT's initialisation
         p.data.normal_(0, 0.1)
     return enc
 
 
-def seggpt(heads: int):
+def seggpt(heads: int, qkv_bias: bool = True):
     torch.manual_seed(1)
     cfg = dataclasses.replace(SEGGPT_PRESETS["tiny"], hidden_size=32, num_hidden_layers=4, num_attention_heads=heads,
-                              mlp_dim=128, patch_size=8, pretrain_image_size=24, intermediate_hidden_state_indices=(1, 3))
+                              qkv_bias=qkv_bias, mlp_dim=128, patch_size=8, pretrain_image_size=24,
+                              intermediate_hidden_state_indices=(1, 3))
     return build_seggpt(cfg)
 
 
@@ -62,6 +64,17 @@ def test_centred_table_keeps_offsets():
 def test_a_mismatched_encoder_is_refused():
     with pytest.raises(ValueError, match="heads 4 vs 2"):
         init_encoder_from_sam(seggpt(4), sam_encoder(2))
+
+
+@pytest.mark.parametrize("sam_bias", [True, False])
+def test_a_qkv_bias_mismatch_is_refused_before_copying(sam_bias: bool):
+    """One side with a qkv bias, the other without: a ValueError naming it, and nothing copied (it failed
+    half-way with ``'NoneType' object has no attribute 'copy_'``)."""
+    model = seggpt(2, qkv_bias=not sam_bias)
+    before = model.embeddings.patch_embeddings.proj.weight.clone()
+    with pytest.raises(ValueError, match=f"qkv bias {not sam_bias} vs {sam_bias}"):
+        init_encoder_from_sam(model, sam_encoder(2, qkv_bias=sam_bias))
+    assert torch.equal(model.embeddings.patch_embeddings.proj.weight, before)
 
 
 def test_train_config_starts_the_encoder_from_the_bundled_sam():

@@ -225,6 +225,53 @@ def test_directory_without_config(tmp_path: Path):
         load_seggpt(tmp_path)
 
 
+@pytest.mark.parametrize("key", ["num_attention_heads", "layer_norm_eps", "beta"])
+def test_an_embedded_config_missing_a_key_is_refused(tiny, tmp_path: Path, key: str):
+    """promptseg writes every field: a missing one is not filled with its default (another model than the
+    file's, silently for ``layer_norm_eps`` or ``beta``), and the error names the file."""
+    from promptseg.checkpoint import save_safetensors
+    from promptseg.models.seggpt.weights import FORMAT, read_seggpt_checkpoint
+
+    config = TINY.to_dict()
+    del config[key]
+    path = tmp_path / "partial.safetensors"
+    save_safetensors(tiny.state_dict(), path, config, FORMAT)
+    with pytest.raises(CheckpointError, match=rf"partial\.safetensors.*missing key\(s\) \['{key}'\]"):
+        read_seggpt_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"partial\.safetensors has an invalid embedded SegGPT config"):
+        save_safetensors(tiny.state_dict(), path, {**TINY.to_dict(), "merge_index": 9}, FORMAT)
+        load_seggpt(path)
+
+
+def test_a_sam_checkpoint_is_refused_naming_the_file(tmp_path: Path, helpers):
+    """A SAM file where a SegGPT one is expected: a CheckpointError naming the file, in both formats; a
+    transformers folder whose config.json is not SegGPT's names that config.json."""
+    from promptseg import build_sam, save_sam
+
+    sam = build_sam(helpers.TINY_CONFIG)
+    save_sam(sam, tmp_path / "sam.safetensors")
+    with pytest.raises(CheckpointError, match=r"sam\.safetensors has an invalid embedded SegGPT config"):
+        load_seggpt(tmp_path / "sam.safetensors")
+    torch.save(sam.state_dict(), tmp_path / "sam.pth")
+    for config in (None, "tiny"):
+        with pytest.raises(CheckpointError, match=r"sam\.pth: not a SegGPT checkpoint"):
+            load_seggpt(tmp_path / "sam.pth", config=config)
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "sam"}))
+    torch.save({"x": torch.zeros(1)}, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"config\.json is not a valid transformers SegGPT config.*'sam'"):
+        load_seggpt(folder)
+
+
+def test_inference_errors_name_the_file(tiny, tmp_path: Path):
+    painter = to_painter_state_dict(tiny)
+    del painter["decoder_embed.weight"]
+    torch.save(painter, tmp_path / "nodecoder.pth")
+    with pytest.raises(CheckpointError, match=r"nodecoder\.pth: cannot infer a SegGPT config"):
+        load_seggpt(tmp_path / "nodecoder.pth")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Configs.
 

@@ -306,14 +306,17 @@ def seggpt_loss(
     As in the reference, the normaliser counts the masked pixels of ``bool_masked_pos`` itself, so a single
     shared ``B'=1`` mask with a batch of ``B`` sums ``B`` images over one image's count. ``pixel_weight``
     (``B×1×2H×W``, optional; not in the paper) weights each pixel, and the normaliser becomes the weight of
-    the masked pixels: the training option ``fg_weight`` uses it to up-weight coloured pixels.
+    the masked pixels: the training option ``fg_weight`` uses it to up-weight coloured pixels. A float16 or
+    bfloat16 prediction is scored in float32 (float16's pixel count overflows beyond 65,504 pixels: NaN).
     """
-    target = torch.cat((prompt_masks, labels), dim=2)
+    dtype = torch.promote_types(pred_masks.dtype, torch.float32)
+    pred_masks = pred_masks.to(dtype)
+    target = torch.cat((prompt_masks, labels), dim=2).to(dtype)
     h, w = target.shape[2] // patch_size, target.shape[3] // patch_size
-    hide = bool_masked_pos.reshape(-1, h, 1, w, 1).to(pred_masks.dtype)
+    hide = bool_masked_pos.reshape(-1, h, 1, w, 1).to(dtype)
     hide = hide.expand(-1, h, patch_size, w, patch_size).reshape(-1, 1, h * patch_size, w * patch_size)
     if pixel_weight is not None:
-        hide = hide * pixel_weight.to(pred_masks.dtype)
+        hide = hide * pixel_weight.to(dtype)
     loss = F.smooth_l1_loss(pred_masks, target, reduction="none", beta=beta)
     return (loss * hide).sum() / (hide.sum() * target.shape[1])
 
@@ -457,7 +460,7 @@ class SegGpt(nn.Module):
     def loss(self, pred_masks: Tensor, prompt_masks: Tensor, labels: Tensor, bool_masked_pos: Tensor,
              pixel_weight: Optional[Tensor] = None) -> Tensor:
         """:func:`seggpt_loss` with this model's patch size and smooth-ℓ1 β (``config.beta``, 0.01 without a
-        config); ``prompt_masks``/``labels`` are cast to the prediction's dtype."""
+        config); ``prompt_masks``/``labels`` are cast to the prediction's dtype (float32 for a half-precision one)."""
         beta = self.config.beta if self.config is not None else 0.01
         return seggpt_loss(pred_masks, prompt_masks.to(pred_masks.dtype), labels.to(pred_masks.dtype), bool_masked_pos,
                            self.patch_size, beta, pixel_weight=pixel_weight)

@@ -37,6 +37,8 @@ def _check_compatible(model: SegGpt, encoder: nn.Module) -> None:
     seg_attn, sam_attn = layers[0].attention, blocks[0].attn
     if seg_attn.qkv.weight.shape != sam_attn.qkv.weight.shape:
         problems.append(f"width {tuple(seg_attn.qkv.weight.shape)} vs {tuple(sam_attn.qkv.weight.shape)} (qkv)")
+    if (seg_attn.qkv.bias is None) != (sam_attn.qkv.bias is None):
+        problems.append(f"qkv bias {seg_attn.qkv.bias is not None} vs {sam_attn.qkv.bias is not None}")
     if seg_attn.num_heads != sam_attn.num_heads:
         problems.append(f"heads {seg_attn.num_heads} vs {sam_attn.num_heads}")
     if layers[0].mlp.lin1.weight.shape != blocks[0].mlp.lin1.weight.shape:
@@ -50,7 +52,7 @@ def _check_compatible(model: SegGpt, encoder: nn.Module) -> None:
 
 def init_encoder_from_sam(model: SegGpt, sam_image_encoder: nn.Module) -> SegGpt:
     """Copy a SAM image encoder's weights into ``model``'s embeddings and encoder, in place (see the module
-    docstring). Depth, width, heads, MLP width and patch size must match (ValueError naming each mismatch)."""
+    docstring). Depth, width, qkv bias, heads, MLP width and patch size must match (ValueError naming each mismatch)."""
     enc = sam_image_encoder
     _check_compatible(model, enc)
     with torch.no_grad():

@@ -17,6 +17,7 @@ read without unpickling arbitrary objects (``torch.load(weights_only=True)`` or 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -370,13 +371,32 @@ def read_seggpt_checkpoint(path: PathLike) -> Tuple[StateDict, Optional[SegGptCo
     state, stored = read_state_dict(path)
     config: Optional[SegGptConfig] = None
     if stored is not None:
-        config = SegGptConfig.from_dict(stored)
+        config = _stored_config(stored, path)
     elif hf_config is not None:
         try:
             config = config_from_hf(json.loads(hf_config.read_text()))
         except json.JSONDecodeError as err:
             raise CheckpointError(f"malformed {hf_config}: {err}") from err
-    return to_promptseg_state_dict(state), config
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{hf_config} is not a valid transformers SegGPT config: {err}") from err
+    try:
+        return to_promptseg_state_dict(state), config
+    except CheckpointError as err:
+        raise CheckpointError(f"checkpoint {path}: {err}") from err
+
+
+def _stored_config(stored: Mapping[str, Any], source: PathLike) -> SegGptConfig:
+    """The SegGPT config embedded in checkpoint ``source``; a :class:`CheckpointError` naming the file if
+    invalid or incomplete (promptseg writes every field: a default for a missing one, such as
+    ``merge_index``, would silently build another model than the file's)."""
+    try:
+        config = SegGptConfig.from_dict(stored)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {source} has an invalid embedded SegGPT config: {err}") from err
+    missing = [f.name for f in dataclasses.fields(SegGptConfig) if f.name not in stored]
+    if missing:
+        raise CheckpointError(f"checkpoint {source} has an invalid embedded SegGPT config: missing key(s) {missing}")
+    return config
 
 
 def load_seggpt_state(model: SegGpt, path: PathLike) -> SegGpt:
@@ -402,7 +422,10 @@ def load_seggpt(
     if config is not None:
         resolved = resolve_seggpt_config(config)
     else:
-        resolved = stored if stored is not None else infer_seggpt_config(state)
+        try:
+            resolved = stored if stored is not None else infer_seggpt_config(state)
+        except CheckpointError as err:
+            raise CheckpointError(f"checkpoint {path}: {err}") from err
     model = build_seggpt(resolved)
     load_state_dict_strict(model, state, source=f"SegGPT checkpoint {path}")
     return model.to(device=device, dtype=dtype)
