@@ -232,6 +232,44 @@ def test_semantic_embedding_changes_the_output(model, predictor):
     np.testing.assert_array_equal(b.colored, c.colored)
 
 
+def test_editing_a_result_palette_does_not_change_later_predictions(predictor):
+    image, mask = _example(labels=2)
+    context = predictor.build_context([(image, mask)])
+    first, second = predictor.predict_with_context([image, image], context)
+    before = predictor.predict_with_context(image, context).labels.copy()
+    first.palette[:] = [[1, 2, 3], [4, 5, 6]]  # a caller's edit of its own result
+    np.testing.assert_array_equal(second.palette, pal.default_palette(2))
+    np.testing.assert_array_equal(context.palette, pal.default_palette(2))
+    after = predictor.predict_with_context(image, context)
+    np.testing.assert_array_equal(after.palette, pal.default_palette(2))
+    np.testing.assert_array_equal(after.labels, before)
+
+
+def test_a_prompt_refuses_a_palette_other_than_its_own(predictor):
+    from promptseg.incontext.tuning import TunedPrompt
+
+    image, mask = _example(labels=2)
+    prompt = TunedPrompt.from_example(image, mask, predictor.image_size)
+    with pytest.raises(ValueError, match="palette differs from the prompt's own"):
+        predictor.predict(image, prompt=prompt, palette=[[255, 0, 0], [0, 0, 255]])
+    same = predictor.predict(image, prompt=prompt, palette=pal.default_palette(2))  # its own palette: fine
+    np.testing.assert_array_equal(same.labels, predictor.predict(image, prompt=prompt).labels)
+
+
+def test_max_distance_is_checked_before_any_forward_pass(model, predictor, monkeypatch):
+    image, mask = _example()
+    with pytest.raises(ValueError, match="max_distance must be ≥ 0, got -5"):
+        SegGptPredictor(model, max_distance=-5)
+    with pytest.raises(TypeError, match="max_distance must be a number"):
+        SegGptPredictor(model, max_distance="3")
+    calls = []
+    monkeypatch.setattr(predictor.model, "forward", lambda *a, **k: calls.append(1))
+    for bad, error in (("3", TypeError), (True, TypeError), (-1.0, ValueError), (float("nan"), ValueError)):
+        with pytest.raises(error, match="max_distance"):
+            predictor.predict(image, [(image, mask)], max_distance=bad)
+    assert not calls
+
+
 # --------------------------------------------------------------------------------------------- video
 class _Spy:
     """Wraps a predictor and records how many examples each call got."""

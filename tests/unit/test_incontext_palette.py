@@ -173,3 +173,26 @@ def test_a_float_label_map_beyond_int64_is_named_not_wrapped():
             pal.as_label_map(np.array([[0.0, 1e30]]))
     labels, _ = pal.as_label_map(np.array([[0.0, 3.0]]))
     np.testing.assert_array_equal(labels, [[0, 3]])
+
+
+def test_fully_transparent_pixels_of_an_rgba_or_la_mask_are_background(tmp_path):
+    """A mask saved with a transparent background whose hidden colour is not black (transparent white is
+    common) must not turn the whole background into a label."""
+    rgba = np.zeros((6, 8, 4), np.uint8)
+    rgba[...] = (255, 255, 255, 0)  # transparent white background
+    rgba[1:3, 1:4] = (255, 0, 0, 255)
+    rgba[4:6, 5:8] = (0, 0, 255, 255)
+    labels, colors = pal.as_label_map(rgba)
+    np.testing.assert_array_equal(colors, [[0, 0, 255], [255, 0, 0]])
+    assert (labels > 0).sum() == 6 + 6 and labels[0, 0] == 0
+    labels2, colors2 = pal.colors_to_labels(rgba)
+    np.testing.assert_array_equal(labels2, labels)
+    np.testing.assert_array_equal(colors2, colors)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(pal.read_label_png(tmp_path / "rgba.png"), labels)
+    assert pal.read_mask_array(tmp_path / "rgba.png").shape == (6, 8, 3)
+    la = np.zeros((6, 8, 2), np.uint8)
+    la[..., 0] = 255  # transparent white background
+    la[1:3, 1:4] = (255, 255)
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(pal.read_label_png(tmp_path / "la.png"), np.pad(np.ones((2, 3), int), ((1, 3), (1, 4))))

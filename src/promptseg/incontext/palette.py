@@ -232,7 +232,7 @@ def colors_to_labels(rgb: np.ndarray, name: str = "mask") -> Tuple[np.ndarray, n
         raise ValueError(f"{name} must have shape H×W×3 to be a colour mask, got {arr.shape}")
     if arr.dtype != np.uint8:
         raise TypeError(f"{name} colour mask must be uint8 RGB, got dtype {arr.dtype}")
-    arr = arr[..., :3]
+    arr = _opaque_rgb(arr)
     colors, inverse = np.unique(arr.reshape(-1, 3), axis=0, return_inverse=True)
     inverse = inverse.reshape(arr.shape[:2])
     keep = np.flatnonzero(~(colors == 0).all(axis=1))
@@ -252,13 +252,14 @@ def as_label_map(mask: Any, name: str = "mask") -> Tuple[np.ndarray, Optional[np
     * ``H×W`` bool → labels {0, 1}; ``H×W`` ints → labels as they are (0 = background);
     * ``H×W`` floats → whole numbers are labels, otherwise values in [0, 1] are thresholded at 0.5;
     * ``H×W×3`` (or ``×4``) uint8 → a colour-coded mask: each non-black colour is a label and ``colors``
-      lists them (label ``k`` ↔ ``colors[k-1]``); a grey-only mask (R = G = B) is read as ``H×W``.
+      lists them (label ``k`` ↔ ``colors[k-1]``); a grey-only mask (R = G = B) is read as ``H×W``; fully
+      transparent pixels of an ``×4`` (RGBA) mask are background.
     """
     arr = np.asarray(mask)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
-        rgb = arr[..., :3]
+        rgb = _opaque_rgb(arr) if arr.dtype == np.uint8 else arr[..., :3]
         if arr.dtype == np.uint8 and (rgb == rgb[..., :1]).all():
             arr = rgb[..., 0]
         else:
@@ -272,6 +273,13 @@ def as_label_map(mask: Any, name: str = "mask") -> Tuple[np.ndarray, Optional[np
     if arr.dtype == np.uint8 and arr.size and set(np.unique(arr).tolist()) in ({0, 255}, {255}):
         arr = arr > 0  # a 0/255 binary image
     return _label_array(arr, name), None
+
+
+def _opaque_rgb(arr: np.ndarray) -> np.ndarray:
+    """``H×W×3`` or ``H×W×4`` uint8 → ``H×W×3``: fully transparent pixels (alpha 0) are black, the background."""
+    if arr.shape[2] == 4:
+        return np.where(arr[..., 3:] == 0, np.uint8(0), arr[..., :3])
+    return arr
 
 
 def relabel_to_palette(labels: np.ndarray, colors: np.ndarray, palette: np.ndarray, name: str = "mask") -> np.ndarray:
@@ -309,7 +317,8 @@ def read_label_png(path: PathLike) -> np.ndarray:
 
 def read_mask_array(path: PathLike) -> np.ndarray:
     """A mask image's pixels for :func:`as_label_map`: palette indices, grey values or ``H×W×3`` RGB colours
-    (kept, so that masks read from several files can share one numbering by colour)."""
+    (kept, so that masks read from several files can share one numbering by colour); fully transparent pixels
+    of an RGBA or grayscale+alpha image are background (0 / black)."""
     from PIL import Image
 
     path = Path(path)
@@ -321,7 +330,10 @@ def read_mask_array(path: PathLike) -> np.ndarray:
             if im.mode == "P":
                 return np.asarray(im)
             if im.mode in ("RGB", "RGBA"):
-                return np.asarray(im.convert("RGB"))
+                return _opaque_rgb(np.asarray(im))
+            if im.mode == "LA":  # fully transparent pixels are background, as in an RGBA mask
+                la = np.asarray(im)
+                return np.where(la[..., 1] == 0, np.uint8(0), la[..., 0])
             if im.mode.startswith("I"):
                 return np.asarray(im).astype(np.int64)
             return np.asarray(im.convert("L"))

@@ -300,7 +300,7 @@ class SegGptPredictor:
         self.model = model.eval()
         self.embedding_type = embedding_type
         self.batch_size = int(batch_size)
-        self.max_distance = max_distance
+        self.max_distance = _check_max_distance(max_distance)
         self.image_size = model_image_size(model)
 
     @classmethod
@@ -324,6 +324,9 @@ class SegGptPredictor:
         if prompt is not None:
             if examples is not None:
                 raise ValueError("give either examples or prompt (a TunedPrompt), not both")
+            if palette is not None and not np.array_equal(as_palette(palette), as_palette(prompt.palette)):
+                raise ValueError("palette differs from the prompt's own: a tuned prompt decodes with prompt.palette "
+                                 "(the colours its mask was tuned with); leave palette out")
             if tuple(prompt.image_size) != self.image_size:
                 raise ValueError(
                     f"prompt was tuned for {prompt.image_size[0]}×{prompt.image_size[1]} inputs but the model takes "
@@ -369,7 +372,8 @@ class SegGptPredictor:
             prompt: a :class:`~promptseg.incontext.tuning.TunedPrompt` instead of examples.
             ensemble: ``"feature"`` (default), ``"spatial"`` or ``"none"`` (one example only).
             palette: ``K×3`` colours of labels ``1..K`` (default: the fixed palette; with colour masks,
-                their own colours in sorted RGB order — a palette then fixes the numbering instead).
+                their own colours in sorted RGB order — a palette then fixes the numbering instead); with a
+                ``prompt``, its own palette (a different one is a ValueError).
             embedding_type: ``"instance"`` or ``"semantic"`` (default: the predictor's; a tuned prompt's own).
             max_distance: a pixel whose colour is farther than this from every palette colour and from black
                 is background (0–255 RGB units; default: nearest colour wins).
@@ -387,7 +391,7 @@ class SegGptPredictor:
         single, targets = _as_targets(target_images)
         kind = embedding_type or context.embedding_type or self.embedding_type
         _check_embedding_type(kind)
-        limit = self.max_distance if max_distance is None else max_distance
+        limit = self.max_distance if max_distance is None else _check_max_distance(max_distance)
         inputs = [torch.from_numpy(normalize(resize_image(t, self.image_size))) for t in targets]
         colors: List[Any] = []
         with torch.inference_mode():
@@ -433,7 +437,7 @@ def decode_prediction(colors: Any, size: Tuple[int, int], palette: np.ndarray,
     colored = full.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     k = len(palette)
     masks = labels[None] == np.arange(1, k + 1, dtype=np.int32)[:, None, None]
-    return InContextPrediction(labels, masks, np.ascontiguousarray(colored), np.asarray(palette, np.uint8))
+    return InContextPrediction(labels, masks, np.ascontiguousarray(colored), np.array(palette, np.uint8))  # own copy
 
 
 def _as_targets(target_images: Any) -> Tuple[bool, List[np.ndarray]]:
@@ -446,6 +450,17 @@ def _as_targets(target_images: Any) -> Tuple[bool, List[np.ndarray]]:
             raise ValueError("target_images is empty")
         return False, [as_image(t, f"target_images[{i}]") for i, t in enumerate(target_images)]
     raise TypeError(f"target_images must be a numpy image or a list of them, got {type(target_images).__name__}")
+
+
+def _check_max_distance(value: Any) -> Optional[float]:
+    """``max_distance``: None or a number ≥ 0 (0–255 RGB units), checked before any forward pass."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"max_distance must be a number ≥ 0 (0–255 RGB units) or None, got {type(value).__name__}")
+    if not value >= 0:
+        raise ValueError(f"max_distance must be ≥ 0, got {value}")
+    return float(value)
 
 
 def _check_embedding_type(kind: str) -> None:
