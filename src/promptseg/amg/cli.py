@@ -35,9 +35,10 @@ EXIT_FAILED = 1
 _GENERATOR_OPTIONS = (
     ("--points-per-side", "points_per_side", int, "points along each side of the prompt grid (default 32)"),
     ("--points-per-batch", "points_per_batch", int, "points the decoder runs at once; memory vs speed (default 64)"),
-    ("--pred-iou-thresh", "pred_iou_thresh", float, "keep masks whose predicted IoU is above this (default 0.88; 0 = off)"),
+    ("--pred-iou-thresh", "pred_iou_thresh", float,
+     "keep masks whose predicted IoU is above this (default 0.88, 0.35 with the bundled model; 0 = off)"),
     ("--stability-score-thresh", "stability_score_thresh", float,
-     "keep masks whose stability score is ≥ this (default 0.95; 0 = off)"),
+     "keep masks whose stability score is ≥ this (default 0.95, 0.35 with the bundled model; 0 = off)"),
     ("--box-nms-thresh", "box_nms_thresh", float, "box IoU above which NMS drops duplicates (default 0.7)"),
     ("--crop-n-layers", "crop_n_layers", int, "layers of zoomed-in crops: 0 none, 1 adds 2×2, 2 adds 4×4 (default 0)"),
     ("--crop-n-points-downscale-factor", "crop_n_points_downscale_factor", int,

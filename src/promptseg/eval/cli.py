@@ -150,8 +150,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "eval",
         help="evaluate a SAM checkpoint: 1-point, box and interactive (NoC) metrics",
         description="Evaluate with the protocol of segment-anything §7.1/§D.1: a click at each mask's centre "
-        "(top-1 and oracle mIoU), its box (with a GrabCut baseline), and clicks at the error region's centre "
-        "until IoU 0.85/0.90 (NoC, up to --max-clicks).",
+        "(top-1 and oracle mIoU), its box (with a GrabCut baseline), and clicks at the point of the error region "
+        "farthest from its boundary until IoU 0.85/0.90 (NoC, up to --max-clicks).",
     )
     p.add_argument("dataset", metavar="DATASET", help="dataset folder (SA-1B layout, COCO images, or image folder)")
     p.add_argument("--format", choices=FORMATS, default="sa1b", help="dataset layout (default: sa1b)")

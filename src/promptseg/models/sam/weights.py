@@ -288,7 +288,8 @@ def average_checkpoints(
     Averaging the weights of models fine-tuned from one start — the checkpoints of a run (stochastic weight
     averaging after the fact) or the ends of several training cycles (a "model soup") — often gives a model
     better than each. Sources are any files :func:`load_sam` reads, training checkpoints (``step_*.pt``)
-    included (their optimiser's weights, not a run's weight average, which only ``model.safetensors`` holds); ``weights`` (default: equal) are normalised. The architecture is the config promptseg files and
+    included (their optimiser's weights, not a run's weight average, which only ``model.safetensors``
+    holds); ``weights`` (default: equal) are normalised. The architecture is the config promptseg files and
     training checkpoints among the sources embed (the first's; they must agree with each other and with
     ``config`` if given, but for the training-only drop-path rate), else ``config``, else inferred from the
     weights (decoder head count assumed official: a warning says so). Mismatched files raise ``ValueError``
