@@ -30,6 +30,18 @@ def check_unknown_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
         raise ValueError(f"unknown key(s) in {where}: {unknown}; expected some of {sorted(names)}")
 
 
+def missing_keys(config: Any, data: Mapping[str, Any], prefix: str = "") -> list:
+    """The fields of the dataclass instance ``config`` (built from ``data``) that ``data`` does not give, as
+    dotted names: this level's first, then those of each section (a dataclass-valued field), given or not."""
+    fields = dataclasses.fields(config)
+    missing = [f"{prefix}{f.name}" for f in fields if f.name not in data]
+    for f in fields:
+        value, section = getattr(config, f.name), data.get(f.name, {})
+        if dataclasses.is_dataclass(value) and isinstance(section, Mapping):
+            missing += missing_keys(value, section, f"{prefix}{f.name}.")
+    return missing
+
+
 def fits(value: Any, annotation: Any) -> bool:
     """Whether the JSON ``value`` fits the type ``annotation``: ``int`` (not a bool), ``float`` (a finite
     number), ``bool``, ``str``, ``Optional``/``Union``, ``Tuple``/``List`` (their items), ``Dict``; any other

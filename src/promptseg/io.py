@@ -66,6 +66,16 @@ def _pycocotools_mask() -> Any:
 
 
 # --------------------------------------------------------------------------------------------- images
+def drop_transparent(pixels: np.ndarray) -> np.ndarray:
+    """A mask image's pixels with their alpha channel folded in: ``H×W×4`` (RGBA) → ``H×W×3`` and ``H×W×2``
+    (grey + alpha) → ``H×W``, fully transparent pixels 0 (the background, whatever their colour); any other
+    array is returned as it is."""
+    if pixels.ndim != 3 or pixels.shape[2] not in (2, 4):
+        return pixels
+    out = np.where(pixels[..., -1:] == 0, np.zeros((), pixels.dtype), pixels[..., :-1])
+    return out[..., 0] if out.shape[2] == 1 else out
+
+
 def read_image(path: PathLike) -> np.ndarray:
     """Read an image file → ``H×W×3`` RGB uint8, with its EXIF orientation applied.
 

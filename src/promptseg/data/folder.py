@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from promptseg.data import Item, MaskDataset, make_item
+from promptseg.io import drop_transparent
 
 PathLike = Union[str, "os.PathLike[str]"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -66,17 +67,13 @@ def read_label_png(path: Path) -> Tuple[np.ndarray, List[str]]:
     im = _open_png(path)
     with im:
         if im.mode in ("RGB", "RGBA"):
-            rgba = np.asarray(im.convert("RGBA"))
-            rgb = rgba[..., :3].astype(np.uint32)
+            rgb = drop_transparent(np.asarray(im)).astype(np.uint32)  # fully transparent pixels are background
             labels = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-            labels[rgba[..., 3] == 0] = 0  # fully transparent pixels are background, whatever their colour
             values = [int(v) for v in np.unique(labels) if v != 0]
             names = [f"#{v:06x}" for v in values]
         else:
             if im.mode == "LA":
-                la = np.asarray(im)
-                labels = la[..., 0].copy()
-                labels[la[..., 1] == 0] = 0  # fully transparent pixels are background, as in an RGBA label PNG
+                labels = drop_transparent(np.asarray(im))  # as in an RGBA label PNG
             elif im.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
                 labels = np.asarray(im)
             else:

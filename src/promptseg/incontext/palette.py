@@ -27,6 +27,7 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 
 from promptseg.config_utils import is_integer
+from promptseg.io import drop_transparent
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -232,7 +233,7 @@ def colors_to_labels(rgb: np.ndarray, name: str = "mask") -> Tuple[np.ndarray, n
         raise ValueError(f"{name} must have shape H×W×3 to be a colour mask, got {arr.shape}")
     if arr.dtype != np.uint8:
         raise TypeError(f"{name} colour mask must be uint8 RGB, got dtype {arr.dtype}")
-    arr = _opaque_rgb(arr)
+    arr = drop_transparent(arr)
     colors, inverse = np.unique(arr.reshape(-1, 3), axis=0, return_inverse=True)
     inverse = inverse.reshape(arr.shape[:2])
     keep = np.flatnonzero(~(colors == 0).all(axis=1))
@@ -259,7 +260,7 @@ def as_label_map(mask: Any, name: str = "mask") -> Tuple[np.ndarray, Optional[np
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
-        rgb = _opaque_rgb(arr) if arr.dtype == np.uint8 else arr[..., :3]
+        rgb = drop_transparent(arr) if arr.dtype == np.uint8 else arr[..., :3]
         if arr.dtype == np.uint8 and (rgb == rgb[..., :1]).all():
             arr = rgb[..., 0]
         else:
@@ -273,13 +274,6 @@ def as_label_map(mask: Any, name: str = "mask") -> Tuple[np.ndarray, Optional[np
     if arr.dtype == np.uint8 and arr.size and set(np.unique(arr).tolist()) in ({0, 255}, {255}):
         arr = arr > 0  # a 0/255 binary image
     return _label_array(arr, name), None
-
-
-def _opaque_rgb(arr: np.ndarray) -> np.ndarray:
-    """``H×W×3`` or ``H×W×4`` uint8 → ``H×W×3``: fully transparent pixels (alpha 0) are black, the background."""
-    if arr.shape[2] == 4:
-        return np.where(arr[..., 3:] == 0, np.uint8(0), arr[..., :3])
-    return arr
 
 
 def relabel_to_palette(labels: np.ndarray, colors: np.ndarray, palette: np.ndarray, name: str = "mask") -> np.ndarray:
@@ -329,11 +323,8 @@ def read_mask_array(path: PathLike) -> np.ndarray:
             im.load()
             if im.mode == "P":
                 return np.asarray(im)
-            if im.mode in ("RGB", "RGBA"):
-                return _opaque_rgb(np.asarray(im))
-            if im.mode == "LA":  # fully transparent pixels are background, as in an RGBA mask
-                la = np.asarray(im)
-                return np.where(la[..., 1] == 0, np.uint8(0), la[..., 0])
+            if im.mode in ("RGB", "RGBA", "LA"):  # fully transparent pixels are background
+                return drop_transparent(np.asarray(im))
             if im.mode.startswith("I"):
                 return np.asarray(im).astype(np.int64)
             return np.asarray(im.convert("L"))

@@ -18,6 +18,7 @@ from promptseg.checkpoint import (
     read_state_dict,
     save_safetensors,
 )
+from promptseg.config_utils import missing_keys
 from promptseg.layers.positions import resize_pos_grid, resize_rel_pos
 from promptseg.models.sam.build import build_sam
 from promptseg.models.sam.config import ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig
@@ -99,10 +100,7 @@ def _stored_config(stored: Mapping[str, Any], source: PathLike) -> SamConfig:
         config = SamConfig.from_dict(stored)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint {source} has an invalid embedded SAM config: {err}") from err
-    missing = [f.name for f in dataclasses.fields(SamConfig) if f.name not in stored]
-    for name in ("image_encoder", "prompt_encoder", "mask_decoder"):
-        sub = stored.get(name, {})
-        missing += [f"{name}.{f.name}" for f in dataclasses.fields(getattr(config, name)) if f.name not in sub]
+    missing = missing_keys(config, stored)
     if missing:
         raise CheckpointError(f"checkpoint {source} has an invalid embedded SAM config: missing key(s) {missing}")
     return config

@@ -17,7 +17,6 @@ read without unpickling arbitrary objects (``torch.load(weights_only=True)`` or 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -34,6 +33,7 @@ from promptseg.checkpoint import (
     read_state_dict,
     save_safetensors,
 )
+from promptseg.config_utils import missing_keys
 from promptseg.models.seggpt.build import build_seggpt, resolve_seggpt_config
 from promptseg.models.seggpt.config import SegGptConfig
 from promptseg.models.seggpt.model import SegGpt
@@ -393,7 +393,7 @@ def _stored_config(stored: Mapping[str, Any], source: PathLike) -> SegGptConfig:
         config = SegGptConfig.from_dict(stored)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint {source} has an invalid embedded SegGPT config: {err}") from err
-    missing = [f.name for f in dataclasses.fields(SegGptConfig) if f.name not in stored]
+    missing = missing_keys(config, stored)
     if missing:
         raise CheckpointError(f"checkpoint {source} has an invalid embedded SegGPT config: missing key(s) {missing}")
     return config
