@@ -190,6 +190,18 @@ def _targets(inputs: Sequence[str]) -> List[Path]:
     return files
 
 
+def _refuse_overwriting_inputs(outputs: Sequence[Tuple[str, Path]], inputs: Sequence[str],
+                               targets: Sequence[Path] = ()) -> None:
+    """ValueError when an output (``(shown name, path)``) is one of the ``inputs`` (example/prompt files) or
+    ``targets``, before anything is written."""
+    known = {Path(p).resolve(): f"input {p}" for p in inputs}
+    known.update({f.resolve(): f"target {f}" for f in targets})
+    for shown, path in outputs:
+        what = known.get(path.resolve())
+        if what is not None:
+            raise ValueError(f"writing {shown} would overwrite the {what}; choose another -o")
+
+
 def _output_names(files: Sequence[Path]) -> List[str]:
     """Output name per target: its stem, made unique with ``_2``, ``_3``… when stems repeat."""
     seen: Dict[str, int] = {}
@@ -220,15 +232,12 @@ def cmd_images(args: argparse.Namespace) -> int:
         raise ValueError(f"--ensemble none takes one --example, got {len(args.example)}")
     files = _targets(args.targets)
     names = _output_names(files)
-    inputs = {Path(p).resolve(): f"input {p}" for pair in args.example for p in pair}
-    inputs.update({Path(args.prompt).resolve(): f"input {args.prompt}"} if args.prompt else {})
-    inputs.update({f.resolve(): f"target {f}" for f in files})
     suffixes = [".png"] + [".overlay.png"] * (not args.no_overlay) + [".colored.png"] * bool(args.colored)
-    for n in names:  # every output against every input: a.jpg's a.png must not overwrite the target a.png
-        for dst in (Path(args.output) / f"{n}{suffix}" for suffix in suffixes):
-            if dst.resolve() in inputs:
-                raise ValueError(f"writing OUTDIR/{dst.name} would overwrite the {inputs[dst.resolve()]}; "
-                                 f"choose another -o")
+    # every output against every input: a.jpg's a.png must not overwrite the target a.png
+    _refuse_overwriting_inputs(
+        [(f"OUTDIR/{n}{suffix}", Path(args.output) / f"{n}{suffix}") for n in names for suffix in suffixes],
+        [p for pair in args.example for p in pair] + ([args.prompt] if args.prompt else []), files,
+    )
     examples = _pairs(args.example, "--example") if args.example else None
     prompt = None
     if args.prompt:
@@ -278,10 +287,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     dst = Path(args.output)
     if dst.suffix != ".safetensors":
         raise ValueError(f"-o {dst} must end in .safetensors")
-    inputs = {Path(p).resolve(): f"input {p}" for pair in args.pair + ([args.init] if args.init else []) for p in pair}
-    for out in [dst] + [dst.with_suffix(".png")] * bool(args.preview):  # a.png's preview of -o a.safetensors
-        if out.resolve() in inputs:
-            raise ValueError(f"writing {out} would overwrite the {inputs[out.resolve()]}; choose another -o")
+    outputs = [dst] + [dst.with_suffix(".png")] * bool(args.preview)  # a.png's preview of -o a.safetensors
+    _refuse_overwriting_inputs([(str(out), out) for out in outputs],
+                               [p for pair in args.pair + ([args.init] if args.init else []) for p in pair])
     pairs = _pairs(args.pair, "--pair")
     init = _pairs([args.init], "--init")[0] if args.init else None
     predictor = _predictor(args)
