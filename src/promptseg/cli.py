@@ -559,7 +559,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from promptseg import io
     from promptseg.amg import SamAutomaticMaskGenerator
     from promptseg.amg.outputs import render_masks_overlay, write_png
-    from promptseg.hub import DEFAULT_MODEL_AMG_FILTERS
+    from promptseg.hub import default_model_amg_filters
 
     photos = io.sample_images()
     if not photos:
@@ -567,14 +567,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model = _load_model(args)
     out = _output_dir(args.output)
     # automatic masks (§B): a point grid, filtered by predicted IoU and stability, then NMS
-    filters = {"pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_thresh}
-    defaults = DEFAULT_MODEL_AMG_FILTERS if args.checkpoint is None else {}
-    filters = {k: defaults[k] if v is None and k in defaults else v for k, v in filters.items()}
-    generator = SamAutomaticMaskGenerator(
-        model,
-        points_per_side=args.points_per_side,
-        **{k: v for k, v in filters.items() if v is not None},  # else the generator's (the reference's)
-    )
+    given = {"pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_thresh}
+    filters = {k: v for k, v in given.items() if v is not None}  # unset: the bundled model's, else the reference's
+    filters.update(default_model_amg_filters(args.checkpoint, filters))
+    generator = SamAutomaticMaskGenerator(model, points_per_side=args.points_per_side, **filters)
     predictor = generator.predictor  # one encoding per photo serves the click, the box and the automatic masks
     lines: List[str] = []
     for photo in tqdm(photos, desc="segmenting sample photos", unit="photo", file=sys.stderr):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Mapping, Optional, Union
 
 import torch
 
@@ -17,6 +17,14 @@ DEFAULT_MODEL_FILE = "sam_default.safetensors"
 #: to nothing (docs/default_model.md, "Limits"); ``promptseg demo`` and ``promptseg amg`` use these instead
 #: when no checkpoint is given and the user sets no filter.
 DEFAULT_MODEL_AMG_FILTERS: Dict[str, float] = {"pred_iou_thresh": 0.35, "stability_score_thresh": 0.35}
+
+
+def default_model_amg_filters(checkpoint: Optional[PathLike], options: Mapping[str, object]) -> Dict[str, float]:
+    """The :data:`DEFAULT_MODEL_AMG_FILTERS` that generator ``options`` (those the user set) leave to choose,
+    when ``checkpoint`` is None (the bundled model); none for a checkpoint of the user's."""
+    if checkpoint is not None:
+        return {}
+    return {k: v for k, v in DEFAULT_MODEL_AMG_FILTERS.items() if k not in options}
 
 
 class NoDefaultModelError(FileNotFoundError):

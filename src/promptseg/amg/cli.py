@@ -161,10 +161,10 @@ def cmd_amg(args: argparse.Namespace) -> int:
         raise ValueError("--ray-address needs --engine ray")
     threads = args.threads if args.threads is not None else (1 if args.engine == "ray" else None)
     options = generator_options(args)
-    if args.checkpoint is None and args.preset in ("default", "sa1b"):  # presets that filter as the reference
-        from promptseg.hub import DEFAULT_MODEL_AMG_FILTERS
+    if args.preset in ("default", "sa1b"):  # presets that filter as the reference
+        from promptseg.hub import default_model_amg_filters
 
-        bundled = {k: v for k, v in DEFAULT_MODEL_AMG_FILTERS.items() if k not in options}
+        bundled = default_model_amg_filters(args.checkpoint, options)
         if bundled and not args.quiet:
             print(f"the bundled default model: {', '.join(f'{k} {v}' for k, v in bundled.items())} (its scores are "
                   "calibrated on synthetic scenes; see docs/default_model.md); set the options to change",
