@@ -519,6 +519,7 @@ class Trainer:
         self.dist, self.device = init_distributed(config.device)
         self.out_dir = Path(config.out_dir)
         self.resume_from = self._resume_path(resume)
+        self._masks_seen: Optional[int] = None  # SAM masks trained since train() began (None: no SAM batch yet)
 
     def _wrap_module(self, find_unused_parameters: bool = False) -> None:
         """``self.model``: ``self.module``, in ``DistributedDataParallel`` when distributed."""
@@ -748,7 +749,7 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             batch = self._to_device(next(batches))
             if "targets" in batch:  # SAM batches: masks that reached training (see _check_masks_seen)
-                self._masks_seen = (getattr(self, "_masks_seen", None) or 0) + int(batch["targets"].shape[0])
+                self._masks_seen = (self._masks_seen or 0) + int(batch["targets"].shape[0])
             generator = torch.Generator(device=self.device)
             generator.manual_seed(derive_seed(cfg.seed, self.step, micro, self.dist.rank))
             last = micro == cfg.grad_accum - 1
@@ -777,10 +778,9 @@ class Trainer:
     def _check_masks_seen(self, steps: int) -> None:
         """Fail when the first ``steps`` steps of this call trained no mask on any process: every mask was
         empty or outside the area limits, and the run would export a model changed only by weight decay."""
-        seen = getattr(self, "_masks_seen", None)
-        if seen is None:  # batches without SAM targets (SegGPT pairs check their own)
+        if self._masks_seen is None:  # batches without SAM targets (SegGPT pairs check their own)
             return
-        count = torch.tensor([seen], dtype=torch.float64, device=self.device)
+        count = torch.tensor([self._masks_seen], dtype=torch.float64, device=self.device)
         if self.dist.enabled:
             dist.all_reduce(count)
         if count.item() == 0:
