@@ -61,6 +61,12 @@ def optional_import(module: str, needed_for: str, package: str, extra: str) -> A
         raise MissingDependencyError(f"{needed_for} needs {package}, {state}: pip install promptseg[{extra}]") from err
 
 
+def import_cv2(needed_for: str) -> Any:
+    """OpenCV (``cv2``), or a :class:`MissingDependencyError` saying that ``needed_for`` needs it and naming
+    the ``promptseg[cv]`` extra (see :func:`optional_import`)."""
+    return optional_import("cv2", needed_for, "OpenCV", "cv")
+
+
 def _pycocotools_mask() -> Any:
     return optional_import("pycocotools.mask", "COCO RLE", "pycocotools", "coco")
 

@@ -338,9 +338,9 @@ def pycocotools_mask() -> Any:
 
 def opencv() -> Any:
     """``cv2``, imported on first use, with an install hint when it is missing."""
-    from promptseg.io import optional_import
+    from promptseg.io import import_cv2
 
-    return optional_import("cv2", "min_mask_region_area > 0", "OpenCV", "cv")
+    return import_cv2("min_mask_region_area > 0")
 
 
 def coco_encode_rle(uncompressed_rle: Dict[str, Any]) -> Dict[str, Any]:

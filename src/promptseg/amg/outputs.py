@@ -50,9 +50,9 @@ SUFFIXES: Dict[str, str] = {
 
 
 def _cv2() -> Any:
-    from promptseg.io import optional_import
+    from promptseg.io import import_cv2
 
-    return optional_import("cv2", "polygons and GeoJSON", "OpenCV", "cv")
+    return import_cv2("polygons and GeoJSON")
 
 
 # --------------------------------------------------------------------------------------------- records

@@ -36,9 +36,9 @@ def _rng(rng: RngLike) -> np.random.Generator:
 
 
 def _cv2() -> Any:
-    from promptseg.io import optional_import
+    from promptseg.io import import_cv2
 
-    return optional_import("cv2", "augmentation", "OpenCV", "cv")
+    return import_cv2("augmentation")
 
 
 def _area(masks: np.ndarray) -> np.ndarray:

@@ -26,9 +26,9 @@ SUMMARY = "stats.json"
 
 def concavity(mask: np.ndarray) -> float:
     """``1 − area / convex hull area`` of a bool mask (0 for a convex shape; 0 for an empty mask)."""
-    from promptseg.io import optional_import
+    from promptseg.io import import_cv2
 
-    cv2 = optional_import("cv2", "concavity", "OpenCV", "cv")
+    cv2 = import_cv2("concavity")
 
     ys, xs = np.nonzero(mask)
     if ys.size == 0:

@@ -86,9 +86,9 @@ class EmojiFontNotFoundError(FileNotFoundError):
 
 
 def _cv2() -> Any:
-    from promptseg.io import optional_import
+    from promptseg.io import import_cv2
 
-    return optional_import("cv2", "scene generation", "OpenCV", "cv")
+    return import_cv2("scene generation")
 
 
 # ================================================================================================ emoji

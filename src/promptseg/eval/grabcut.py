@@ -15,9 +15,9 @@ def grabcut_from_box(image: np.ndarray, box: np.ndarray, iterations: int = 5, se
     OpenCV's global random generator; ``seed`` reseeds it first (``cv2.setRNGSeed``) so that a mask's
     result does not depend on the calls before it; ``None`` leaves the generator alone.
     """
-    from promptseg.io import optional_import
+    from promptseg.io import import_cv2
 
-    cv2 = optional_import("cv2", "the GrabCut baseline", "OpenCV", "cv")
+    cv2 = import_cv2("the GrabCut baseline")
 
     h, w = image.shape[:2]
     x0, y0, x1, y1 = (int(round(v)) for v in box)

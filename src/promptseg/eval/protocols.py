@@ -15,9 +15,9 @@ import numpy as np
 
 def _distance_transform(mask: np.ndarray) -> np.ndarray:
     """Euclidean distance of every foreground pixel to the nearest background pixel or image border."""
-    from promptseg.io import optional_import
+    from promptseg.io import import_cv2
 
-    cv2 = optional_import("cv2", "click placement", "OpenCV", "cv")
+    cv2 = import_cv2("click placement")
 
     padded = np.pad((np.asarray(mask) != 0).astype(np.uint8), 1)  # any nonzero value is foreground
     return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]

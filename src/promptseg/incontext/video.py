@@ -107,9 +107,9 @@ def open_frames(source: PathLike) -> FrameSource:
         return FrameSource(path, files)
     if not path.is_file():
         raise FileNotFoundError(f"video or frame folder not found: {path}")
-    from promptseg.io import optional_import
+    from promptseg.io import import_cv2
 
-    cv2 = optional_import("cv2", "reading video files (or pass a folder of frames)", "OpenCV", "cv")
+    cv2 = import_cv2("reading video files (or pass a folder of frames)")
     cap = cv2.VideoCapture(str(path))
     ok = cap.isOpened() and cap.read()[0]
     cap.release()
